@@ -1,0 +1,421 @@
+"""The study's datasets: where they are, how they are read, split and fed to a model.
+
+Two Kaggle datasets in their download layouts, any ImageFolder dataset given by
+path, and synthetic stand-ins. Every image becomes one grey channel: the
+head-CT files carry a colour shortcut (tinted and RGBA files are all one
+class), and the chest X-rays are grey anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, UnidentifiedImageError
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from . import paths, repro, synthetic
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the project knows about one named dataset."""
+
+    name: str
+    title: str
+    kaggle_handle: str  # owner/dataset on Kaggle, downloaded with kagglehub
+    class_names: tuple[str, ...]  # index = label
+
+
+DATASETS = {
+    "head_ct": DatasetInfo(
+        "head_ct", "Head CT - Hemorrhage", "felipekitamura/head-ct-hemorrhage", ("normal", "hemorrhage")
+    ),
+    "chest_xray": DatasetInfo(
+        "chest_xray",
+        "Chest X-Ray Images (Pneumonia)",
+        "paultimothymooney/chest-xray-pneumonia",
+        ("NORMAL", "PNEUMONIA"),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a dataset was found: a real folder or a generated synthetic one."""
+
+    dataset: str
+    root: Path  # the folder in the dataset's own layout
+    kind: str  # "real" or "synthetic"
+    origin: str  # how it was found: "parameter data_dir", "$MSTL_DATA_DIR", "./data", "kagglehub", ...
+
+    @property
+    def is_synthetic(self) -> bool:
+        return self.kind == "synthetic"
+
+
+class DataNotFoundError(FileNotFoundError):
+    """Real data was asked for and could not be found."""
+
+
+class DataFormatError(ValueError):
+    """A dataset file does not have the expected form."""
+
+
+# --------------------------------------------------------------------------- finding
+
+
+def _walk(folder: Path, depth: int = 3):
+    """``folder`` and its sub-folders down to ``depth`` levels, breadth first, skipping archive junk."""
+    level = [folder]
+    for _ in range(depth + 1):
+        nxt = []
+        for current in level:
+            yield current
+            try:
+                nxt.extend(sorted(p for p in current.iterdir() if p.is_dir() and not p.name.startswith(("__MACOSX", "."))))
+            except OSError:
+                continue
+        level = nxt
+
+
+def find_layout(dataset: str, folder: Path) -> Path | None:
+    """The folder under ``folder`` (Kaggle archives add nesting) holding ``dataset``'s layout."""
+    if not folder.is_dir():
+        return None
+    for candidate in _walk(folder):
+        if dataset == "head_ct":
+            if (candidate / "labels.csv").is_file() and (candidate / "head_ct").is_dir():
+                return candidate
+        elif dataset == "chest_xray":
+            if all((candidate / split / label).is_dir() for split in ("train", "test") for label in ("NORMAL", "PNEUMONIA")):
+                return candidate
+        else:
+            raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASETS)}")
+    return None
+
+
+def _download(dataset: str) -> Path | None:
+    """Download with kagglehub (public datasets need no credentials); None when offline."""
+    if paths.offline():
+        return None
+    try:
+        import kagglehub
+
+        return Path(kagglehub.dataset_download(DATASETS[dataset].kaggle_handle))
+    except Exception as error:  # kagglehub raises many kinds of network errors
+        log.info("kagglehub could not download %s: %s", dataset, error)
+        return None
+
+
+def locate(dataset: str, *, data: str = "auto", data_dir: str | Path | None = None, download: bool = True) -> DataSource:
+    """Find ``dataset``: the parameter, ``$MSTL_DATA_DIR``, ``./data``, then a kagglehub download.
+
+    ``data="auto"`` falls back to synthetic data (and says so loudly);
+    ``data="real"`` raises ``DataNotFoundError`` listing what was looked for;
+    ``data="synthetic"`` always generates. A ``dataset`` that is a path is read as an ImageFolder.
+    """
+    if data not in ("auto", "real", "synthetic"):
+        raise ValueError(f"data={data!r}; expected 'auto', 'real' or 'synthetic'")
+    if dataset not in DATASETS:
+        folder = Path(dataset).expanduser()
+        if not folder.is_dir():
+            raise DataNotFoundError(f"dataset {dataset!r} is neither a known name {sorted(DATASETS)} nor a folder")
+        return DataSource(folder.name, folder, "real", "path")
+    looked = []
+    if data != "synthetic":
+        for origin, folder in paths.data_dir_candidates(data_dir):
+            for base in (folder / dataset, folder):
+                root = find_layout(dataset, base)
+                if root is not None:
+                    return DataSource(dataset, root, "real", origin)
+            looked.append(f"{origin}: {folder}/{dataset}")
+        if download:
+            root = _download(dataset)
+            found = find_layout(dataset, root) if root else None
+            if found is not None:
+                return DataSource(dataset, found, "real", "kagglehub")
+            looked.append(f"kagglehub download of {DATASETS[dataset].kaggle_handle}" + (" (skipped: MSTL_OFFLINE)" if paths.offline() else " (failed: no network?)"))
+        if data == "real":
+            raise DataNotFoundError(
+                f"real data for {dataset!r} ({DATASETS[dataset].title}) not found.\nLooked in:\n  - "
+                + "\n  - ".join(looked)
+                + f"\nProvide it by setting {paths.ENV_DATA_DIR} to a folder holding {dataset}/ in its Kaggle "
+                "layout, by passing data_dir=..., by placing it under ./data, or by running where kaggle.com is reachable."
+            )
+        _shout(f"{DATASETS[dataset].title}: no real data found, USING SYNTHETIC DATA. Results are not medical results.")
+    root = paths.cache_dir() / "synthetic" / dataset
+    if find_layout(dataset, root) is None:
+        (synthetic.make_head_ct if dataset == "head_ct" else synthetic.make_chest_xray)(root)
+    return DataSource(dataset, find_layout(dataset, root), "synthetic", "generated")
+
+
+def _shout(message: str) -> None:
+    bar = "!" * 78
+    print(f"\n{bar}\n!! {message}\n{bar}\n", file=sys.stderr)
+    log.warning(message)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_head_ct(root: Path) -> pd.DataFrame:
+    """``labels.csv`` (header ``id, hemorrhage``) and ``head_ct/head_ct/NNN.png`` as a table."""
+    labels_file = root / "labels.csv"
+    try:
+        labels = pd.read_csv(labels_file, skipinitialspace=True, dtype={"id": str})
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise DataFormatError(f"{labels_file}: cannot be read as CSV ({error})") from error
+    if list(labels.columns) != ["id", "hemorrhage"]:
+        raise DataFormatError(f"{labels_file}: header is {list(labels.columns)}; expected 'id, hemorrhage'")
+    if not labels["hemorrhage"].isin([0, 1]).all():
+        bad = labels.loc[~labels["hemorrhage"].isin([0, 1]), "id"].tolist()[:5]
+        raise DataFormatError(f"{labels_file}: hemorrhage must be 0 or 1 (bad ids: {bad})")
+    image_dir = root / "head_ct" / "head_ct"
+    if not image_dir.is_dir():
+        image_dir = root / "head_ct"
+    rows = []
+    for ident, label in zip(labels["id"], labels["hemorrhage"]):
+        file = image_dir / f"{int(ident):03d}.png"
+        if not file.is_file():
+            raise DataFormatError(f"{labels_file}: lists id {ident}, but {file} does not exist")
+        rows.append({"path": str(file), "label": int(label), "group": f"{int(ident):03d}", "split": "all"})
+    return pd.DataFrame(rows)
+
+
+#: Patient of a chest X-ray file: ``person123_bacteria_45`` -> ``person123``;
+#: ``IM-0115-0001`` / ``NORMAL2-IM-1427-0001`` -> ``IM-0115`` / ``NORMAL2-IM-1427``.
+_PATIENT = re.compile(r"^(person\d+)_|^(.*?)-\d+$")
+
+
+def patient_id(file_name: str) -> str:
+    stem = Path(file_name).stem
+    match = _PATIENT.match(stem)
+    if not match:
+        return stem
+    return match.group(1) or match.group(2)
+
+
+def read_chest_xray(root: Path) -> pd.DataFrame:
+    """``{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg`` as a table with patient groups."""
+    rows = []
+    for split in ("train", "val", "test"):
+        for label, name in enumerate(DATASETS["chest_xray"].class_names):
+            folder = root / split / name
+            if not folder.is_dir():
+                continue
+            for file in sorted(folder.iterdir()):
+                if file.suffix.lower() in IMAGE_SUFFIXES:
+                    rows.append({"path": str(file), "label": label, "group": patient_id(file.name), "split": split})
+    table = pd.DataFrame(rows)
+    for split in ("train", "test"):
+        if table.empty or not (table["split"] == split).any():
+            raise DataFormatError(f"{root}/{split}: no images; expected {split}/NORMAL and {split}/PNEUMONIA with .jpeg files")
+    return table
+
+
+def read_image_folder(root: Path) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """An ImageFolder dataset: ``root/<class>/*`` or ``root/{train,val,test}/<class>/*``."""
+    splits = [s for s in ("train", "val", "test") if (root / s).is_dir()]
+    bases = [(s, root / s) for s in splits] or [("all", root)]
+    class_names = tuple(sorted(p.name for p in bases[0][1].iterdir() if p.is_dir()))
+    if len(class_names) < 2:
+        raise DataFormatError(f"{bases[0][1]}: found classes {list(class_names)}; an ImageFolder needs >= 2 class folders")
+    rows = []
+    for split, base in bases:
+        for label, name in enumerate(class_names):
+            for file in sorted((base / name).glob("*")):
+                if file.suffix.lower() in IMAGE_SUFFIXES:
+                    rows.append({"path": str(file), "label": label, "group": file.stem, "split": split})
+    return pd.DataFrame(rows), class_names
+
+
+def read_table(source: DataSource) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """The dataset's table (path, label, group, split) and its class names."""
+    if source.dataset == "head_ct" and source.origin != "path":
+        return read_head_ct(source.root), DATASETS["head_ct"].class_names
+    if source.dataset == "chest_xray" and source.origin != "path":
+        return read_chest_xray(source.root), DATASETS["chest_xray"].class_names
+    return read_image_folder(source.root)
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def assign_parts(
+    table: pd.DataFrame, *, test_fraction: float, val_fraction: float, seed: int
+) -> pd.DataFrame:
+    """Add a ``part`` column: ``train``, ``val``, ``test`` (and ``unused`` for an official val split).
+
+    An official ``test`` split is kept untouched; without one, a stratified
+    ``test_fraction`` is drawn. Validation is carved from the training part,
+    stratified and grouped (no patient in both), so that learning curves and any
+    model selection never see test images.
+    """
+    table = table.copy()
+    if (table["split"] == "test").any():
+        table["part"] = np.where(table["split"] == "test", "test", np.where(table["split"] == "val", "unused", "train"))
+    else:
+        splitter = StratifiedShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
+        _, test_idx = next(splitter.split(np.zeros(len(table)), table["label"]))
+        table["part"] = "train"
+        table.iloc[test_idx, table.columns.get_loc("part")] = "test"
+    train = table.index[table["part"] == "train"]
+    n_splits = max(2, round(1 / val_fraction))
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    _, val_pos = next(folds.split(np.zeros(len(train)), table.loc[train, "label"], table.loc[train, "group"]))
+    table.loc[train[val_pos], "part"] = "val"
+    return table
+
+
+def subsample(table: pd.DataFrame, max_per_class: int | None, *, seed: int) -> pd.DataFrame:
+    """At most ``max_per_class`` images per split and class (all when None)."""
+    if max_per_class is None:
+        return table
+    parts = [g.sample(min(len(g), max_per_class), random_state=seed) for _, g in table.groupby(["split", "label"])]
+    return pd.concat(parts).sort_index()
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def load_image(path: str | Path, image_size: int) -> np.ndarray:
+    """One image as a grey ``image_size`` x ``image_size`` uint8 array (aspect ratio not kept,
+    as in the public chest X-ray copy)."""
+    try:
+        with Image.open(path) as img:
+            grey = img.convert("L").resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    except (UnidentifiedImageError, OSError) as error:
+        raise DataFormatError(f"{path}: cannot be decoded as an image ({error})") from error
+    return np.asarray(grey, dtype=np.uint8)
+
+
+def load_images(files: list[str], image_size: int, *, workers: int | None = None) -> torch.Tensor:
+    """Decode every file once into a ``[N, 1, S, S]`` uint8 tensor (threads: PIL releases the GIL)."""
+    workers = workers or min(8, (os.cpu_count() or 2) * 2)
+    with ThreadPoolExecutor(workers) as pool:
+        arrays = list(pool.map(lambda f: load_image(f, image_size), files))
+    if not arrays:
+        return torch.empty((0, 1, image_size, image_size), dtype=torch.uint8)
+    return torch.from_numpy(np.stack(arrays)).unsqueeze(1)
+
+
+class ImageTensorDataset(Dataset):
+    """Decoded uint8 images and labels; yields float images in [0, 1] (normalisation is the model's)."""
+
+    def __init__(self, images: torch.Tensor, labels: np.ndarray, *, augment: bool = False):
+        self.images = images
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        # Mild geometry only: intensity is the signal in CT and X-ray.
+        self.transform = (
+            v2.Compose([v2.RandomHorizontalFlip(), v2.RandomAffine(degrees=10, translate=(0.05, 0.05), scale=(0.95, 1.05))])
+            if augment
+            else None
+        )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = self.images[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image.float().div_(255), self.labels[index]
+
+
+@dataclass
+class StageData:
+    """A dataset ready for one stage: where it came from, its table and decoded images."""
+
+    source: DataSource
+    table: pd.DataFrame  # path, label, group, split, part
+    class_names: tuple[str, ...]
+    images: torch.Tensor  # [N, 1, S, S] uint8, row i = table row i
+    checksum: str  # sha256 over every file of the dataset (relative path + content)
+    n_files: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def part(self, name: str) -> tuple[torch.Tensor, np.ndarray]:
+        rows = np.flatnonzero(self.table["part"].to_numpy() == name)
+        return self.images[torch.from_numpy(rows)], self.table["label"].to_numpy()[rows]
+
+    def loader(self, name: str, *, batch_size: int, augment: bool = False, generator: torch.Generator | None = None) -> DataLoader:
+        images, labels = self.part(name)
+        dataset = ImageTensorDataset(images, labels, augment=augment)
+        # Training drops a ragged last batch: a batch of one breaks batch norm.
+        drop_last = augment and len(dataset) > batch_size
+        return DataLoader(dataset, batch_size=batch_size, shuffle=augment, generator=generator, drop_last=drop_last)
+
+    def describe(self) -> dict:
+        """Provenance of the data: no absolute paths."""
+        return {
+            "dataset": self.source.dataset,
+            "kind": self.source.kind,
+            "origin": self.source.origin,
+            "n_files": self.n_files,
+            "sha256": self.checksum,
+        }
+
+
+def prepare(
+    dataset: str,
+    *,
+    data: str = "auto",
+    data_dir: str | Path | None = None,
+    image_size: int,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.2,
+    max_per_class: int | None = None,
+    seed: int = 0,
+) -> StageData:
+    """Locate, read, split and decode ``dataset`` for one stage."""
+    source = locate(dataset, data=data, data_dir=data_dir)
+    table, class_names = read_table(source)
+    checksum = repro.fingerprint(table["path"], source.root)
+    n_files = len(table)
+    table = subsample(table, max_per_class, seed=seed)
+    table = assign_parts(table, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed).reset_index(drop=True)
+    images = load_images(table["path"].tolist(), image_size)
+    return StageData(source, table, class_names, images, checksum, n_files=n_files)
+
+
+def counts(stage_data: StageData) -> pd.DataFrame:
+    """Images per part and class: columns dataset, part, class, n."""
+    table = stage_data.table.assign(
+        **{"class": stage_data.table["label"].map(dict(enumerate(stage_data.class_names)))}
+    )
+    out = table.groupby(["part", "class"]).size().rename("n").reset_index()
+    return out.assign(dataset=stage_data.source.dataset)[["dataset", "part", "class", "n"]]
+
+
+def group_overlap(stage_data: StageData, a: str = "train", b: str = "val") -> int:
+    """Number of groups (patients) present in both parts ``a`` and ``b``; 0 means a clean split."""
+    table = stage_data.table
+    return len(set(table.loc[table["part"] == a, "group"]) & set(table.loc[table["part"] == b, "group"]))
+
+
+def examples(stage_data: StageData, *, per_class: int = 6, part: str = "train", seed: int = 0):
+    """A few decoded images per class: (images [N,1,S,S] uint8, titles)."""
+    rows = (stage_data.table[stage_data.table["part"] == part]
+            .sample(frac=1.0, random_state=seed)
+            .groupby("label").head(per_class)
+            .sort_values("label", kind="stable"))
+    titles = [f"{stage_data.class_names[label]}\n{Path(p).name}" for label, p in zip(rows["label"], rows["path"])]
+    return stage_data.images[torch.as_tensor(rows.index.to_numpy())].numpy(), titles

@@ -1,0 +1,62 @@
+"""Classification metrics with confidence intervals. Never imports training code."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+from sklearn import metrics as skm
+
+
+def wilson_ci(successes: int, n: int, *, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a proportion (better than the normal interval for small n)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    z = stats.norm.ppf(0.5 + level / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(centre - half), float(centre + half)
+
+
+def bootstrap_auc_ci(
+    y_true: np.ndarray, score: np.ndarray, *, level: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the ROC AUC (resamples with both classes present)."""
+    rng = np.random.default_rng(seed)
+    y_true, score = np.asarray(y_true), np.asarray(score)
+    values = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y_true), len(y_true))
+        if len(np.unique(y_true[idx])) == 2:
+            values.append(skm.roc_auc_score(y_true[idx], score[idx]))
+    if not values:
+        return float("nan"), float("nan")
+    low, high = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
+
+
+def binary_metrics(y_true: np.ndarray, prob_positive: np.ndarray, *, threshold: float = 0.5) -> dict[str, float]:
+    """Accuracy (with Wilson 95 % CI), AUC (bootstrap 95 % CI), sensitivity, specificity,
+    F1 and balanced accuracy of a binary classifier, label 1 being positive."""
+    y_true = np.asarray(y_true).astype(int)
+    prob_positive = np.asarray(prob_positive, dtype=float)
+    pred = (prob_positive >= threshold).astype(int)
+    tn, fp, fn, tp = skm.confusion_matrix(y_true, pred, labels=[0, 1]).ravel()
+    n = len(y_true)
+    both = len(np.unique(y_true)) == 2
+    acc_low, acc_high = wilson_ci(int(tp + tn), n)
+    auc_low, auc_high = bootstrap_auc_ci(y_true, prob_positive) if both else (float("nan"),) * 2
+    return {
+        "n": int(n),
+        "accuracy": float((tp + tn) / n) if n else float("nan"),
+        "accuracy_ci_low": acc_low,
+        "accuracy_ci_high": acc_high,
+        "auc": float(skm.roc_auc_score(y_true, prob_positive)) if both else float("nan"),
+        "auc_ci_low": auc_low,
+        "auc_ci_high": auc_high,
+        "sensitivity": float(tp / (tp + fn)) if tp + fn else float("nan"),
+        "specificity": float(tn / (tn + fp)) if tn + fp else float("nan"),
+        "f1": float(skm.f1_score(y_true, pred, zero_division=0)),
+        "balanced_accuracy": float(skm.balanced_accuracy_score(y_true, pred)) if both else float("nan"),
+        "tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn),
+    }

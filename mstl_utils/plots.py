@@ -1,0 +1,93 @@
+"""Figures for the book. Functions return matplotlib figures; nothing here trains."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on build machines; notebooks still show figures inline
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from sklearn import metrics as skm
+
+
+def learning_curves(histories: dict[str, pd.DataFrame], *, title: str = "") -> plt.Figure:
+    """Train/validation loss and accuracy per epoch; one colour per run."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    palette = sns.color_palette("colorblind", len(histories))
+    for colour, (label, history) in zip(palette, histories.items()):
+        for ax, metric in zip(axes, ("loss", "accuracy")):
+            ax.plot(history["epoch"], history[f"train_{metric}"], "-o", color=colour, ms=3, label=f"{label} train")
+            ax.plot(history["epoch"], history[f"val_{metric}"], "--s", color=colour, ms=3, label=f"{label} validation")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(metric)
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, class_names: tuple[str, ...], *, title: str = "") -> plt.Figure:
+    """Confusion matrix with counts."""
+    matrix = skm.confusion_matrix(y_true, y_pred, labels=range(len(class_names)))
+    fig, ax = plt.subplots(figsize=(3.8, 3.4))
+    sns.heatmap(matrix, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax,
+                xticklabels=class_names, yticklabels=class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], *, title: str = "") -> plt.Figure:
+    """ROC curves from {label: (y_true, score)}."""
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    for label, (y_true, score) in curves.items():
+        fpr, tpr, _ = skm.roc_curve(y_true, score)
+        ax.plot(fpr, tpr, label=f"{label} (AUC {skm.roc_auc_score(y_true, score):.3f})")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(images: np.ndarray, titles: list[str], *, ncols: int = 6, title: str = "") -> plt.Figure:
+    """Grey images ``[N, 1, H, W]`` (uint8) in a grid with a title per image."""
+    nrows = int(np.ceil(len(images) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.7 * ncols, 1.8 * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image, text in zip(axes.ravel(), images, titles):
+        ax.imshow(np.asarray(image)[0], cmap="gray", vmin=0, vmax=255)
+        ax.set_title(text, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def class_counts(counts: pd.DataFrame, *, title: str = "") -> plt.Figure:
+    """Bar chart of a (dataset, part, class, n) table."""
+    grid = sns.catplot(data=counts, x="part", y="n", hue="class", col="dataset", kind="bar",
+                       sharey=False, height=3.2, aspect=1.1, palette="colorblind")
+    grid.figure.suptitle(title)
+    grid.figure.tight_layout()
+    return grid.figure
+
+
+def arm_comparison(table: pd.DataFrame, *, metric: str = "accuracy", reference: dict[str, float] | None = None) -> plt.Figure:
+    """Per-seed ``metric`` of each arm (points) with their mean; optional reference lines (the paper)."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    sns.stripplot(data=table, x="arm", y=metric, hue="arm", palette="colorblind", size=7, ax=ax, legend=False)
+    sns.pointplot(data=table, x="arm", y=metric, color="black", markers="_", errorbar=None, ax=ax, linestyles="none")
+    for label, value in (reference or {}).items():
+        ax.axhline(value, ls=":", color="grey")
+        ax.text(ax.get_xlim()[1], value, f" {label}", va="center", fontsize=7, color="grey")
+    ax.set_ylim(0, 1.02)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,112 @@
+"""Reproducibility: seeds, determinism, checksums and provenance records."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+import platform
+import random
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int, *, deterministic: bool = True) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a torch generator for data order."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        # warn_only: a few CUDA kernels have no deterministic version; we would
+        # rather record the fact than stop a long GPU run.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(files: Iterable[str | Path], root: str | Path) -> str:
+    """One sha256 over (path relative to ``root``, file sha256) of every file: a dataset's checksum."""
+    root = Path(root)
+    digest = hashlib.sha256()
+    for file in sorted(Path(f) for f in files):
+        digest.update(f"{file.relative_to(root).as_posix()}\t{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def git_version(root: str | Path | None = None) -> dict[str, Any]:
+    """The commit the code came from and whether the tree had uncommitted changes."""
+    cwd = str(root) if root else None
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": dirty}
+
+
+def hardware() -> dict[str, Any]:
+    """What the computation ran on, without host or user names."""
+    info = {
+        "machine": platform.machine(),
+        "processor": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "os": platform.system(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    else:
+        info["gpu"] = None
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def now() -> str:
+    """UTC time stamp, ISO 8601, to the second."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({_cpu_model()}, {torch.get_num_threads()} threads)"
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` picks the GPU when there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

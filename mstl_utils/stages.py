@@ -1,0 +1,184 @@
+"""One transfer stage as a run directory.
+
+A stage starts from ``imagenet``, ``scratch`` or an earlier stage's checkpoint
+(named by that stage, e.g. ``stage1``), fine-tunes on its dataset and writes
+
+    runs/<profile>/<name>/seed<k>/
+        config.json       what was asked for (profile, stage, init_from, seed)
+        history.csv       per-epoch train/validation loss and accuracy
+        predictions.csv   test-part probabilities, one row per image
+        checkpoint.pt     weights + config + provenance of the starting weights
+        metrics.json      test metrics and provenance; written last, so it marks a complete run
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import __version__, data as data_mod, models, paths, repro, train
+from .config import Profile, StageConfig
+from .metrics import binary_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageResult:
+    """What a stage produced, read back from its run directory."""
+
+    name: str
+    run_dir: Path
+    config: dict[str, Any]
+    history: pd.DataFrame
+    predictions: pd.DataFrame
+    metrics: dict[str, Any]  # test metrics plus "provenance"
+
+
+def run_dir_for(profile: Profile, name: str, seed: int, runs_root: str | Path | None = None) -> Path:
+    return paths.runs_dir(runs_root) / profile.name / name / f"seed{seed}"
+
+
+def stage_config(profile: Profile, stage: str) -> StageConfig:
+    if stage not in ("stage1", "stage2"):
+        raise ValueError(f"stage={stage!r}; expected 'stage1' or 'stage2'")
+    return getattr(profile, stage)
+
+
+def _requested(profile: Profile, name: str, stage: str, init_from: str, seed: int) -> dict[str, Any]:
+    return {"name": name, "stage": stage, "init_from": init_from, "seed": seed,
+            "profile": profile.to_dict(), "code_version": __version__}
+
+
+def load_result(run_dir: str | Path) -> StageResult:
+    """Read a complete run directory back."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.json").is_file():
+        raise FileNotFoundError(f"{run_dir}: not a complete run (no metrics.json)")
+    config = json.loads((run_dir / "config.json").read_text())
+    return StageResult(
+        name=config["name"],
+        run_dir=run_dir,
+        config=config,
+        history=pd.read_csv(run_dir / "history.csv"),
+        predictions=pd.read_csv(run_dir / "predictions.csv"),
+        metrics=json.loads((run_dir / "metrics.json").read_text()),
+    )
+
+
+def _write_json(path: Path, value: Any) -> None:
+    train.atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str)))
+
+
+def _initial_model(profile: Profile, *, init_from: str, num_classes: int, seed: int,
+                   runs_root: str | Path | None, weights_dir: str | Path | None):
+    if init_from in ("imagenet", "scratch"):
+        return models.build_model(profile.model, num_classes=num_classes, init=init_from, weights_dir=weights_dir,
+                                  allow_random=profile.allow_random_imagenet)
+    checkpoint_file = run_dir_for(profile, init_from, seed, runs_root) / "checkpoint.pt"
+    checkpoint = train.load_checkpoint(checkpoint_file)
+    return models.load_from_checkpoint(
+        checkpoint, num_classes=num_classes, stage=init_from,
+        file=f"{init_from}/seed{seed}/checkpoint.pt", sha256=repro.sha256_file(checkpoint_file),
+    )
+
+
+def run_stage(
+    name: str,
+    profile: Profile,
+    *,
+    stage: str,
+    init_from: str,
+    seed: int = 0,
+    data_dir: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+    runs_root: str | Path | None = None,
+    device: str = "auto",
+    force: bool = False,
+) -> StageResult:
+    """Run (or reuse, when complete with the same settings) one stage; return its result."""
+    cfg = stage_config(profile, stage)
+    run_dir = run_dir_for(profile, name, seed, runs_root)
+    requested = _requested(profile, name, stage, init_from, seed)
+    if not force and (run_dir / "metrics.json").is_file():
+        previous = json.loads((run_dir / "config.json").read_text())
+        if previous == json.loads(json.dumps(requested)):
+            log.info("%s: complete with the same settings, reused", paths.relative(run_dir))
+            return load_result(run_dir)
+    (run_dir / "metrics.json").unlink(missing_ok=True)  # incomplete until the end
+    started = repro.now()
+    clock = time.perf_counter()
+    if profile.num_threads:
+        torch.set_num_threads(profile.num_threads)
+    generator = repro.seed_everything(seed, deterministic=profile.deterministic)
+    torch_device = repro.pick_device(device)
+
+    stage_data = data_mod.prepare(
+        cfg.dataset, data=profile.data, data_dir=data_dir, image_size=profile.image_size,
+        test_fraction=profile.head_ct_test_fraction, val_fraction=cfg.val_fraction,
+        max_per_class=cfg.max_per_class, seed=seed,
+    )
+    model, weights = _initial_model(profile, init_from=init_from, num_classes=stage_data.num_classes,
+                                    seed=seed, runs_root=runs_root, weights_dir=weights_dir)
+    _write_json(run_dir / "config.json", requested)
+
+    history = train.fit(
+        model,
+        stage_data.loader("train", batch_size=cfg.batch_size, augment=True, generator=generator),
+        stage_data.loader("val", batch_size=64),
+        num_epochs=cfg.num_epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, device=torch_device,
+    )
+    train_seconds = float(history["seconds"].sum())
+    probs, labels = train.predict(model, stage_data.loader("test", batch_size=64), device=torch_device)
+    test_rows = stage_data.table[stage_data.table["part"] == "test"]
+    predictions = pd.DataFrame({
+        "file": [Path(p).relative_to(stage_data.source.root).as_posix() for p in test_rows["path"]],
+        "label": labels,
+        **{f"prob_{c}": probs[:, i] for i, c in enumerate(stage_data.class_names)},
+        "pred": probs.argmax(1),
+    })
+    metrics = binary_metrics(labels, probs[:, 1]) if stage_data.num_classes == 2 else {
+        "n": int(len(labels)), "accuracy": float((probs.argmax(1) == labels).mean())}
+
+    history.to_csv(run_dir / "history.csv", index=False)
+    predictions.to_csv(run_dir / "predictions.csv", index=False)
+    checkpoint = {
+        "model": profile.model, "num_classes": stage_data.num_classes, "class_names": list(stage_data.class_names),
+        "state_dict": model.cpu().state_dict(), "config": requested, "weights": asdict(weights),
+    }
+    train.save_checkpoint(run_dir / "checkpoint.pt", checkpoint)
+    metrics["provenance"] = {
+        "profile": profile.name,
+        "stage": stage, "name": name, "init_from": init_from, "seed": seed,
+        "model": profile.model,
+        "image_size": profile.image_size,
+        "data": stage_data.describe(),
+        "split_counts": stage_data.table.groupby(["part", "label"]).size().rename("n").reset_index().to_dict("records"),
+        "weights": asdict(weights),
+        "code": {**repro.git_version(paths.project_root()), "package_version": __version__},
+        "hardware": repro.hardware(),
+        "device": repro.describe_device(torch_device),
+        "started": started,
+        "finished": repro.now(),
+        "train_seconds": train_seconds,
+        "wall_seconds": time.perf_counter() - clock,
+    }
+    _write_json(run_dir / "metrics.json", metrics)
+    return load_result(run_dir)
+
+
+#: Stage-2 arms by where their weights start: the name used in tables and run directories.
+ARMS = {"scratch": "scratch", "imagenet": "imagenet", "stage1": "multistage"}
+
+
+def arm_name(init_from: str) -> str:
+    """The arm a stage-2 run belongs to (``stage1`` -> ``multistage``)."""
+    return ARMS.get(init_from, f"from_{init_from}")

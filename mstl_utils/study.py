@@ -1,0 +1,150 @@
+"""The study driver behind ``make study``: execute the notebooks with papermill into ``book/``.
+
+    python -m mstl_utils.study --profile quick            # real data if found, else synthetic (loudly)
+    python -m mstl_utils.study --profile quick --data real  # stop if the real data are missing
+    python -m mstl_utils.study --profile smoke --output /tmp/book --results /tmp/book/results
+
+Stages whose run directory is complete with the same settings are reused;
+``--force`` re-runs them. A failing notebook stops the study with its path and
+the failing cell's error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from . import paths, results
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One notebook execution: source notebook, executed copy in the book, extra parameters."""
+
+    source: str
+    output: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+STEPS = (
+    Step("01_data.ipynb", "data.ipynb"),
+    Step("02_stage1.ipynb", "stage1.ipynb"),
+    Step("03_stage2.ipynb", "stage2_imagenet.ipynb", {"init_from": "imagenet"}),
+    Step("03_stage2.ipynb", "stage2_multistage.ipynb", {"init_from": "stage1"}),
+    Step("04_results.ipynb", "results.ipynb"),
+)
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook of the study raised; the message names the notebook and the failing cell."""
+
+
+def _sanitise(notebook_path: Path, root: Path) -> None:
+    """Remove absolute paths (project root, home) from an executed notebook's outputs and metadata."""
+    text = notebook_path.read_text()
+    replacements = [(str(root), "."), (str(Path.home()), "~")]
+    venv = Path(sys.prefix)
+    if venv != root and str(venv).startswith(str(root)):
+        replacements.insert(0, (str(venv), "<venv>"))
+    for old, new in replacements:
+        text = text.replace(old, new)
+    # Anything else absolute (other users' folders, temp dirs) becomes <external>.
+    text = re.sub(r"(?<![\w.~])/(?:home|root|Users|tmp|work|mnt)/[^\s\"'\\]*", "<external>", text)
+    notebook_path.write_text(text)
+
+
+def execute(
+    step: Step,
+    *,
+    profile: str,
+    data: str | None = None,
+    output_dir: str | Path = "book",
+    results_dir: str | Path = "book/results",
+    force: bool = False,
+    root: Path | None = None,
+) -> Path:
+    """Execute one step with papermill; return the executed notebook's path."""
+    import papermill
+
+    root = root or paths.project_root()
+    source = root / "notebooks" / step.source
+    output = Path(output_dir) / step.output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    nb = nbformat.read(source, as_version=4)
+    accepted = {"profile", "data", "results_dir", "force", "init_from", "data_dir"}
+    params = {"profile": profile, "data": data, "results_dir": str(results_dir), "force": force, **step.parameters}
+    declared = "".join(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params = {k: v for k, v in params.items() if k in accepted and re.search(rf"^{k}\s*=", declared, re.M)}
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(source), str(output), parameters=params, cwd=str(root), kernel_name="python3",
+            progress_bar=False, log_output=False, report_mode=False,
+        )
+    except papermill.PapermillExecutionError as error:
+        raise NotebookFailed(
+            f"{paths.relative(source, root)} (executed into {output}) failed in cell {error.exec_count}: "
+            f"{error.ename}: {error.evalue}"
+        ) from None
+    finally:
+        if output.exists():
+            _sanitise(output, root)
+    log.info("%-24s -> %s  (%.0f s)", step.source, output, time.perf_counter() - start)
+    return output
+
+
+def write_status(sources_synthetic: bool, output_dir: str | Path) -> Path:
+    """``book/_status.md``: included at the top of every prose page; loud when data were synthetic."""
+    path = Path(output_dir) / "_status.md"
+    path.write_text(results.data_banner([{"kind": "synthetic"}] if sources_synthetic else []) or "\n")
+    return path
+
+
+def run(profile: str, *, data: str | None = None, output_dir: str | Path = "book",
+        results_dir: str | Path = "book/results", force: bool = False) -> list[Path]:
+    """Execute every step in order; return the executed notebooks."""
+    outputs = [execute(step, profile=profile, data=data, output_dir=output_dir, results_dir=results_dir, force=force)
+               for step in STEPS]
+    import json
+
+    prov = json.loads((Path(results_dir) / "provenance.json").read_text())
+    write_status(prov["synthetic"], output_dir)
+    if prov["synthetic"]:
+        print("!" * 78 + f"\n!! {results.SYNTHETIC_WARNING}\n" + "!" * 78, file=sys.stderr)
+    return outputs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="quick", help="smoke | quick | paper (default: quick)")
+    parser.add_argument("--data", default=None, choices=["auto", "real", "synthetic"],
+                        help="override the profile's data mode")
+    parser.add_argument("--output", default="book", help="folder for executed notebooks (default: book)")
+    parser.add_argument("--results", default=None, help="folder for result tables (default: <output>/results)")
+    parser.add_argument("--force", action="store_true", help="re-run stages even when complete")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    start = time.perf_counter()
+    try:
+        run(args.profile, data=args.data, output_dir=args.output,
+            results_dir=args.results or os.path.join(args.output, "results"), force=args.force)
+    except NotebookFailed as error:
+        print(f"study stopped: {error}", file=sys.stderr)
+        return 1
+    log.info("study (%s profile) done in %.1f min", args.profile, (time.perf_counter() - start) / 60)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
