@@ -418,4 +418,4 @@ def examples(stage_data: StageData, *, per_class: int = 6, part: str = "train", 
             .groupby("label").head(per_class)
             .sort_values("label", kind="stable"))
     titles = [f"{stage_data.class_names[label]}\n{Path(p).name}" for label, p in zip(rows["label"], rows["path"])]
-    return stage_data.images[torch.as_tensor(rows.index.to_numpy())].numpy(), titles
+    return stage_data.images[torch.tensor(rows.index.to_list())].numpy(), titles

@@ -11,6 +11,7 @@ from mstl_utils import config, stages, train
 @pytest.fixture
 def profile(synthetic_root, monkeypatch):
     monkeypatch.setenv("MSTL_DATA_DIR", str(synthetic_root))
+    monkeypatch.delenv("MSTL_WEIGHTS_DIR", raising=False)  # the smoke profile's labelled random fallback
     return config.get_profile("smoke", data="real")
 
 

@@ -1,0 +1,32 @@
+"""Tests on the real datasets; skipped, with the reason shown, where they are absent."""
+
+import pytest
+
+from mstl_utils import data
+
+pytestmark = pytest.mark.real_data
+
+
+def test_head_ct_real(real_data_dir):
+    source = data.locate("head_ct", data="real", data_dir=real_data_dir)
+    table, _ = data.read_table(source)
+    assert len(table) == 200 and table["label"].sum() == 100
+    # ids 000-099 are hemorrhage, as documented by the dataset
+    assert table.loc[table["group"] < "100", "label"].eq(1).all()
+
+
+def test_chest_xray_real_counts_and_patient_split(real_data_dir):
+    stage = data.prepare("chest_xray", data="real", data_dir=real_data_dir, image_size=8)
+    counts = stage.table.groupby(["split", "label"]).size()
+    assert (counts["train", 0], counts["train", 1]) == (1341, 3875)
+    assert (counts["test", 0], counts["test", 1]) == (234, 390)
+    assert (counts["val", 0], counts["val", 1]) == (8, 8)
+    assert data.group_overlap(stage, "train", "val") == 0
+    assert (stage.table["part"] == "test").sum() == 624
+    assert stage.table.loc[stage.table["label"] == 1, "group"].str.match(r"person\d+$").all()
+
+
+def test_real_head_ct_colour_files_become_grey(real_data_dir):
+    source = data.locate("head_ct", data="real", data_dir=real_data_dir)
+    rgba = source.root / "head_ct" / "head_ct" / "190.png"
+    assert data.load_image(rgba, 32).shape == (32, 32)
