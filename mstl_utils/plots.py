@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on build machines; notebooks still show figures inline
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
