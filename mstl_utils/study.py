@@ -12,6 +12,7 @@ the failing cell's error.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -116,8 +117,6 @@ def run(profile: str, *, data: str | None = None, output_dir: str | Path = "book
     """Execute every step in order; return the executed notebooks."""
     outputs = [execute(step, profile=profile, data=data, output_dir=output_dir, results_dir=results_dir, force=force)
                for step in STEPS]
-    import json
-
     prov = json.loads((Path(results_dir) / "provenance.json").read_text())
     write_status(prov["synthetic"], output_dir)
     if prov["synthetic"]:
