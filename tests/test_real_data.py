@@ -30,3 +30,17 @@ def test_real_head_ct_colour_files_become_grey(real_data_dir):
     source = data.locate("head_ct", data="real", data_dir=real_data_dir)
     rgba = source.root / "head_ct" / "head_ct" / "190.png"
     assert data.load_image(rgba, 32).shape == (32, 32)
+
+
+def test_committed_head_ct_folds_match_the_labels(real_data_dir):
+    """data/folds/head_ct_folds.csv (5 folds x 10 repeats, seed 0) regenerates from labels.csv."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from mstl_utils import folds
+
+    committed = folds.read_folds(Path(__file__).resolve().parents[1] / "data" / "folds" / "head_ct_folds.csv")
+    table, _ = data.read_table(data.locate("head_ct", data="real", data_dir=real_data_dir))
+    again = folds.make_folds(table["group"].tolist(), table["label"].to_numpy(), n_splits=5, n_repeats=10, seed=0)
+    pd.testing.assert_frame_equal(committed, again)

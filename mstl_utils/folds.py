@@ -1,0 +1,62 @@
+"""Repeated stratified k-fold assignments for the head-CT protocol, kept in a committed file.
+
+The file (``data/folds/head_ct_folds.csv``: image_id, label, repeat, fold) lets
+anyone reuse exactly the folds of the study; the code regenerates it from the
+labels and checks that a committed copy still agrees.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import RepeatedStratifiedKFold
+
+FOLD_COLUMNS = ["image_id", "label", "repeat", "fold"]
+
+
+def make_folds(image_ids: list[str], labels: np.ndarray, *, n_splits: int = 5, n_repeats: int = 10, seed: int = 0) -> pd.DataFrame:
+    """One row per (repeat, image): the fold in which the image is a test image."""
+    labels = np.asarray(labels)
+    if len(image_ids) != len(labels):
+        raise ValueError(f"{len(image_ids)} image ids but {len(labels)} labels")
+    splitter = RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=seed)
+    rows = []
+    for index, (_, test) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+        repeat, fold = divmod(index, n_splits)
+        rows.extend({"image_id": image_ids[i], "label": int(labels[i]), "repeat": repeat, "fold": fold} for i in test)
+    return pd.DataFrame(rows, columns=FOLD_COLUMNS).sort_values(["repeat", "image_id"], ignore_index=True)
+
+
+def read_folds(path: str | Path) -> pd.DataFrame:
+    """Read a fold file, checking that every repeat assigns every image to exactly one fold."""
+    path = Path(path)
+    try:
+        folds = pd.read_csv(path, dtype={"image_id": str})
+    except (OSError, pd.errors.ParserError) as error:
+        raise ValueError(f"{path}: cannot be read as a fold file ({error})") from error
+    if list(folds.columns) != FOLD_COLUMNS:
+        raise ValueError(f"{path}: columns are {list(folds.columns)}; expected {FOLD_COLUMNS}")
+    per_repeat = folds.groupby("repeat")["image_id"]
+    if (per_repeat.nunique() != per_repeat.size()).any() or per_repeat.nunique().nunique() != 1:
+        raise ValueError(f"{path}: each repeat must list every image exactly once")
+    return folds
+
+
+def write_folds(folds: pd.DataFrame, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    folds.to_csv(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def split_of(folds: pd.DataFrame, *, repeat: int, fold: int) -> tuple[list[str], list[str]]:
+    """(training image ids, test image ids) of one fold of one repeat."""
+    rows = folds[folds["repeat"] == repeat]
+    if rows.empty or fold not in set(rows["fold"]):
+        raise ValueError(f"no fold {fold} in repeat {repeat}")
+    test = rows["fold"] == fold
+    return rows.loc[~test, "image_id"].tolist(), rows.loc[test, "image_id"].tolist()
