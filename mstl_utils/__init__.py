@@ -2,7 +2,7 @@
 
 Layers, bottom to top (a module imports only from layers below it):
 
-1. ``config``, ``paths``, ``repro``, ``metrics``, ``folds``  settings, locations, seeds/provenance, metric maths, CV folds
+1. ``config``, ``paths``, ``repro``, ``metrics``, ``statistics``, ``folds``  settings, locations, provenance, metric and test maths, CV folds
 2. ``data``, ``synthetic``, ``models``           datasets, splits, loaders; the model registry
 3. ``train``                                     the training loop, evaluation, atomic checkpoints
 4. ``stages``                                    one transfer stage as a run directory
