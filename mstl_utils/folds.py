@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import RepeatedStratifiedKFold
 
+from .repro import atomic_write
+
 FOLD_COLUMNS = ["image_id", "label", "repeat", "fold"]
 
 
@@ -45,12 +47,7 @@ def read_folds(path: str | Path) -> pd.DataFrame:
 
 
 def write_folds(folds: pd.DataFrame, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    folds.to_csv(tmp, index=False)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda tmp: folds.to_csv(tmp, index=False))
 
 
 def split_of(folds: pd.DataFrame, *, repeat: int, fold: int) -> tuple[list[str], list[str]]:

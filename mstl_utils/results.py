@@ -41,21 +41,12 @@ def stage_table(metrics: Iterable[dict[str, Any]], columns: list[str], **extra: 
 
 def save_table(table: pd.DataFrame, name: str, results_dir: str | Path) -> Path:
     """Write ``results_dir/name`` atomically (CSV), creating the folder."""
-    path = Path(results_dir) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(path)
-    return path
+    return repro.atomic_write(Path(results_dir) / name, lambda tmp: table.to_csv(tmp, index=False))
 
 
 def save_json(value: Any, name: str, results_dir: str | Path) -> Path:
-    path = Path(results_dir) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
-    return path
+    text = json.dumps(value, indent=2, sort_keys=True, default=str) + "\n"
+    return repro.atomic_write(Path(results_dir) / name, lambda tmp: tmp.write_text(text))
 
 
 def provenance(metrics: Iterable[dict[str, Any]], *, profile: dict[str, Any]) -> dict[str, Any]:

@@ -75,7 +75,7 @@ def load_result(run_dir: str | Path) -> StageResult:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    train.atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str)))
+    repro.atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str)))
 
 
 def _initial_model(profile: Profile, *, init_from: str, num_classes: int, seed: int,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,8 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+
+from .repro import atomic_write  # re-exported: checkpoints and results share one mechanism
 
 log = logging.getLogger(__name__)
 
@@ -93,21 +93,6 @@ def predict(model: nn.Module, loader: DataLoader, *, device: torch.device) -> tu
         probs.append(torch.softmax(model(_to_device(images, device)).float(), dim=1).cpu())
         labels.append(y)
     return torch.cat(probs).numpy(), torch.cat(labels).numpy()
-
-
-def atomic_write(path: str | Path, write: Any) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
