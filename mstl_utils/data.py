@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,17 +258,25 @@ def read_table(source: DataSource) -> tuple[pd.DataFrame, tuple[str, ...]]:
 
 
 def assign_parts(
-    table: pd.DataFrame, *, test_fraction: float, val_fraction: float, seed: int
+    table: pd.DataFrame, *, test_fraction: float, val_fraction: float, seed: int,
+    test_groups: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Add a ``part`` column: ``train``, ``val``, ``test`` (and ``unused`` for an official val split).
 
-    An official ``test`` split is kept untouched; without one, a stratified
-    ``test_fraction`` is drawn. Validation is carved from the training part,
-    stratified and grouped (no patient in both), so that learning curves and any
-    model selection never see test images.
+    ``test_groups`` (e.g. one cross-validation fold's image ids) fixes the test
+    part; otherwise an official ``test`` split is kept untouched, and without one
+    a stratified ``test_fraction`` is drawn. Validation is carved from the training
+    part, stratified and grouped (no patient in both), so that learning curves and
+    any model selection never see test images.
     """
     table = table.copy()
-    if (table["split"] == "test").any():
+    if test_groups is not None:
+        wanted = set(test_groups)
+        unknown = sorted(wanted - set(table["group"]))
+        if unknown:
+            raise DataFormatError(f"test ids {unknown[:5]} are not in the dataset (ids look like {table['group'].iloc[0]!r})")
+        table["part"] = np.where(table["group"].isin(wanted), "test", "train")
+    elif (table["split"] == "test").any():
         table["part"] = np.where(table["split"] == "test", "test", np.where(table["split"] == "val", "unused", "train"))
     else:
         splitter = StratifiedShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
@@ -384,14 +393,16 @@ def prepare(
     val_fraction: float = 0.2,
     max_per_class: int | None = None,
     seed: int = 0,
+    test_groups: Sequence[str] | None = None,
 ) -> StageData:
-    """Locate, read, split and decode ``dataset`` for one stage."""
+    """Locate, read, split and decode ``dataset`` for one stage (``test_groups``: see ``assign_parts``)."""
     source = locate(dataset, data=data, data_dir=data_dir)
     table, class_names = read_table(source)
     checksum = repro.fingerprint(table["path"], source.root)
     n_files = len(table)
     table = subsample(table, max_per_class, seed=seed)
-    table = assign_parts(table, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed).reset_index(drop=True)
+    table = assign_parts(table, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed,
+                         test_groups=test_groups).reset_index(drop=True)
     images = load_images(table["path"].tolist(), image_size)
     return StageData(source, table, class_names, images, checksum, n_files=n_files)
 

@@ -3,7 +3,7 @@
 A stage starts from ``imagenet``, ``scratch`` or an earlier stage's checkpoint
 (named by that stage, e.g. ``stage1``), fine-tunes on its dataset and writes
 
-    runs/<profile>/<name>/seed<k>/
+    runs/<profile>/<name>/seed<k>/             (or repeat<r>_fold<f>/ for a cross-validation fold)
         config.json       what was asked for (profile, stage, init_from, seed)
         history.csv       per-epoch train/validation loss and accuracy
         predictions.csv   test-part probabilities, one row per image
@@ -43,8 +43,22 @@ class StageResult:
     metrics: dict[str, Any]  # test metrics plus "provenance"
 
 
-def run_dir_for(profile: Profile, name: str, seed: int, runs_root: str | Path | None = None) -> Path:
-    return paths.runs_dir(runs_root) / profile.name / name / f"seed{seed}"
+@dataclass(frozen=True)
+class Split:
+    """A fixed test part: one fold of one repeat of the cross-validation (see ``mstl_utils.folds``)."""
+
+    repeat: int
+    fold: int
+    test_ids: tuple[str, ...]  # the dataset's image ids (``group`` column) in the test part
+
+    @property
+    def key(self) -> str:
+        return f"repeat{self.repeat:02d}_fold{self.fold}"
+
+
+def run_dir_for(profile: Profile, name: str, seed: int, runs_root: str | Path | None = None,
+                split: Split | None = None) -> Path:
+    return paths.runs_dir(runs_root) / profile.name / name / (split.key if split else f"seed{seed}")
 
 
 def stage_config(profile: Profile, stage: str) -> StageConfig:
@@ -53,9 +67,16 @@ def stage_config(profile: Profile, stage: str) -> StageConfig:
     return getattr(profile, stage)
 
 
-def _requested(profile: Profile, name: str, stage: str, init_from: str, seed: int) -> dict[str, Any]:
-    return {"name": name, "stage": stage, "init_from": init_from, "seed": seed,
-            "profile": profile.to_dict(), "code_version": __version__}
+def _requested(profile: Profile, name: str, stage: str, init_from: str, seed: int,
+               init_seed: int, split: Split | None) -> dict[str, Any]:
+    requested = {"name": name, "stage": stage, "init_from": init_from, "seed": seed,
+                 "profile": profile.to_dict(), "code_version": __version__}
+    # Only non-default keys, so that runs made before these options existed are still reused.
+    if init_seed != seed:
+        requested["init_seed"] = init_seed
+    if split is not None:
+        requested["split"] = {"repeat": split.repeat, "fold": split.fold, "test_ids": sorted(split.test_ids)}
+    return requested
 
 
 def load_result(run_dir: str | Path) -> StageResult:
@@ -69,7 +90,7 @@ def load_result(run_dir: str | Path) -> StageResult:
         run_dir=run_dir,
         config=config,
         history=pd.read_csv(run_dir / "history.csv"),
-        predictions=pd.read_csv(run_dir / "predictions.csv"),
+        predictions=pd.read_csv(run_dir / "predictions.csv", dtype={"image_id": str, "file": str}),
         metrics=json.loads((run_dir / "metrics.json").read_text()),
     )
 
@@ -78,8 +99,9 @@ def _write_json(path: Path, value: Any) -> None:
     repro.atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str)))
 
 
-def _initial_model(profile: Profile, *, init_from: str, num_classes: int, seed: int,
-                   runs_root: str | Path | None, weights_dir: str | Path | None):
+def initial_model(profile: Profile, *, init_from: str, num_classes: int, seed: int,
+                  runs_root: str | Path | None = None, weights_dir: str | Path | None = None):
+    """(model, WeightsInfo) a stage starts from; ``seed`` picks an earlier stage's run."""
     if init_from in ("imagenet", "scratch"):
         return models.build_model(profile.model, num_classes=num_classes, init=init_from, weights_dir=weights_dir,
                                   allow_random=profile.allow_random_imagenet)
@@ -103,11 +125,18 @@ def run_stage(
     runs_root: str | Path | None = None,
     device: str = "auto",
     force: bool = False,
+    split: Split | None = None,
+    init_seed: int | None = None,
 ) -> StageResult:
-    """Run (or reuse, when complete with the same settings) one stage; return its result."""
+    """Run (or reuse, when complete with the same settings) one stage; return its result.
+
+    ``split`` fixes the test part (a cross-validation fold); ``init_seed`` picks the
+    earlier stage's run to start from when it differs from ``seed``.
+    """
     cfg = stage_config(profile, stage)
-    run_dir = run_dir_for(profile, name, seed, runs_root)
-    requested = _requested(profile, name, stage, init_from, seed)
+    init_seed = seed if init_seed is None else init_seed
+    run_dir = run_dir_for(profile, name, seed, runs_root, split)
+    requested = _requested(profile, name, stage, init_from, seed, init_seed, split)
     if not force and (run_dir / "metrics.json").is_file():
         previous = json.loads((run_dir / "config.json").read_text())
         if previous == json.loads(json.dumps(requested)):
@@ -124,10 +153,10 @@ def run_stage(
     stage_data = data_mod.prepare(
         cfg.dataset, data=profile.data, data_dir=data_dir, image_size=profile.image_size,
         test_fraction=profile.head_ct_test_fraction, val_fraction=cfg.val_fraction,
-        max_per_class=cfg.max_per_class, seed=seed,
+        max_per_class=cfg.max_per_class, seed=seed, test_groups=split.test_ids if split else None,
     )
-    model, weights = _initial_model(profile, init_from=init_from, num_classes=stage_data.num_classes,
-                                    seed=seed, runs_root=runs_root, weights_dir=weights_dir)
+    model, weights = initial_model(profile, init_from=init_from, num_classes=stage_data.num_classes,
+                                   seed=init_seed, runs_root=runs_root, weights_dir=weights_dir)
     _write_json(run_dir / "config.json", requested)
 
     history = train.fit(
@@ -140,6 +169,7 @@ def run_stage(
     probs, labels = train.predict(model, stage_data.loader("test", batch_size=64), device=torch_device)
     test_rows = stage_data.table[stage_data.table["part"] == "test"]
     predictions = pd.DataFrame({
+        "image_id": test_rows["group"].to_numpy(),
         "file": [Path(p).relative_to(stage_data.source.root).as_posix() for p in test_rows["path"]],
         "label": labels,
         **{f"prob_{c}": probs[:, i] for i, c in enumerate(stage_data.class_names)},
@@ -157,7 +187,8 @@ def run_stage(
     train.save_checkpoint(run_dir / "checkpoint.pt", checkpoint)
     metrics["provenance"] = {
         "profile": profile.name,
-        "stage": stage, "name": name, "init_from": init_from, "seed": seed,
+        "stage": stage, "name": name, "init_from": init_from, "seed": seed, "init_seed": init_seed,
+        "split": split.key if split else None,
         "model": profile.model,
         "image_size": profile.image_size,
         "data": stage_data.describe(),
@@ -174,11 +205,3 @@ def run_stage(
     _write_json(run_dir / "metrics.json", metrics)
     return load_result(run_dir)
 
-
-#: Stage-2 arms by where their weights start: the name used in tables and run directories.
-ARMS = {"scratch": "scratch", "imagenet": "imagenet", "stage1": "multistage"}
-
-
-def arm_name(init_from: str) -> str:
-    """The arm a stage-2 run belongs to (``stage1`` -> ``multistage``)."""
-    return ARMS.get(init_from, f"from_{init_from}")

@@ -1,0 +1,165 @@
+"""From the protocol's result tables to the study's answer: summaries, paired tests, the verdict.
+
+Reads the contract tables (``stage2_folds.csv``, ``stage2_oof.csv``); never imports
+training code. Each comparison is ``arm_a - arm_b``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import statistics as st
+
+#: The questions the arms answer, as (arm_a, arm_b) = "does arm_a beat arm_b?". The
+#: first is the paper's claim and the study's primary comparison.
+PAIRS: tuple[tuple[str, str], ...] = (
+    ("multistage", "imagenet"),  # does the chest X-ray bridge add to ImageNet? (the paper's claim)
+    ("imagenet", "scratch"),  # does ImageNet pretraining help at all?
+    ("bridge_only", "scratch"),  # does the bridge help without ImageNet?
+    ("multistage", "bridge_only"),  # does ImageNet add to the bridge?
+    ("imagenet", "bridge_only"),  # which single source is better?
+    ("multistage", "scratch"),  # the whole chain against nothing
+)
+
+#: Columns of ``stage2_tests.csv`` (the results contract).
+TEST_COLUMNS = ["arm_a", "arm_b", "metric", "mean_diff", "ci_low", "ci_high", "test", "statistic", "p_value",
+                "p_adjusted"]
+
+METRICS = ("accuracy", "auc", "sensitivity", "specificity", "f1", "balanced_accuracy")
+
+
+def arm_summary(folds: pd.DataFrame, *, metrics: Sequence[str] = METRICS, level: float = 0.95) -> pd.DataFrame:
+    """Per arm and metric: mean, SD and t interval over the fold results, and the number of folds.
+
+    The interval treats folds as independent and is therefore too narrow (folds share
+    training images); the corrected paired tests in ``protocol_tests`` do not.
+    """
+    rows = []
+    for arm, group in folds.groupby("arm", sort=False):
+        for metric in metrics:
+            rows.append({"arm": arm, "metric": metric, **st.mean_ci(group[metric].dropna(), level=level)})
+    return pd.DataFrame(rows)
+
+
+def _pairs(arms: Sequence[str], pairs: Sequence[tuple[str, str]] | None) -> list[tuple[str, str]]:
+    pairs = [p for p in (pairs or PAIRS) if p[0] in arms and p[1] in arms]
+    if not pairs:
+        raise ValueError(f"no pair of {list(PAIRS)} has both arms among {list(arms)}")
+    return pairs
+
+
+def _training_sizes(folds: pd.DataFrame) -> tuple[int, int]:
+    # Nadeau-Bengio uses the ratio n_test / n_train; n_train counts the images actually
+    # trained on (the validation part excluded), which makes the correction a little larger.
+    return int(round(folds["n_train"].mean())), int(round(folds["n_test"].mean()))
+
+
+def corrected_tests(folds: pd.DataFrame, *, metrics: Sequence[str] = ("accuracy", "auc"),
+                    pairs: Sequence[tuple[str, str]] | None = None, level: float = 0.95) -> pd.DataFrame:
+    """The primary test: Nadeau-Bengio corrected t-test on per-fold paired differences,
+    Holm-adjusted over the pairs within each metric."""
+    n_train, n_test = _training_sizes(folds)
+    pairs = _pairs(list(pd.unique(folds["arm"])), pairs)
+    tables = []
+    for metric in metrics:
+        table = st.compare_arms(folds, metric=metric, n_train=n_train, n_test=n_test, baseline_pairs=pairs, level=level)
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)[TEST_COLUMNS]
+
+
+def _oof_wide(oof: pd.DataFrame, repeat: int) -> pd.DataFrame:
+    rows = oof[oof["repeat"] == repeat]
+    wide = rows.pivot(index="image_id", columns="arm", values="prob")
+    labels = rows.groupby("image_id")["label"].first()
+    if wide.isna().any().any():
+        arm = wide.columns[wide.isna().any()][0]
+        raise ValueError(f"repeat {repeat}: arm {arm!r} lacks out-of-fold probabilities for some images")
+    return wide.assign(label=labels)
+
+
+def pooled_tests(oof: pd.DataFrame, *, pairs: Sequence[tuple[str, str]] | None = None, threshold: float = 0.5,
+                 level: float = 0.95) -> pd.DataFrame:
+    """Per repeat, on the pooled out-of-fold predictions of every image: exact McNemar on
+    correctness and DeLong on AUC, Holm-adjusted over the pairs within each repeat and test.
+
+    The ``test`` column names the repeat (``mcnemar_exact/repeat0``): repeats reuse the same
+    images, so their p-values are not independent and are shown side by side, not combined.
+    """
+    pairs = _pairs(list(pd.unique(oof["arm"])), pairs)
+    tables = []
+    for repeat in sorted(oof["repeat"].unique()):
+        wide = _oof_wide(oof, repeat)
+        y = wide["label"].to_numpy()
+        mcnemar_rows, delong_rows = [], []
+        for a, b in pairs:
+            correct_a = (wide[a].to_numpy() >= threshold) == y
+            correct_b = (wide[b].to_numpy() >= threshold) == y
+            mc = st.mcnemar_exact(correct_a, correct_b)
+            mcnemar_rows.append({"arm_a": a, "arm_b": b, "metric": "accuracy",
+                                 "mean_diff": float(correct_a.mean() - correct_b.mean()),
+                                 "ci_low": np.nan, "ci_high": np.nan, "test": f"mcnemar_exact/repeat{repeat}",
+                                 "statistic": float(mc["n_discordant"]), "p_value": mc["p_value"]})
+            dl = st.delong_test(y, wide[a], wide[b], level=level)
+            delong_rows.append({"arm_a": a, "arm_b": b, "metric": "auc", "mean_diff": dl["diff"],
+                                "ci_low": dl["ci_low"], "ci_high": dl["ci_high"], "test": f"delong/repeat{repeat}",
+                                "statistic": dl["z"], "p_value": dl["p_value"]})
+        for rows in (mcnemar_rows, delong_rows):
+            table = pd.DataFrame(rows)
+            table["p_adjusted"] = st.adjust_pvalues(table["p_value"], method="holm")
+            tables.append(table)
+    return pd.concat(tables, ignore_index=True)[TEST_COLUMNS]
+
+
+def protocol_tests(folds: pd.DataFrame, oof: pd.DataFrame, *, pairs: Sequence[tuple[str, str]] | None = None,
+                   level: float = 0.95) -> pd.DataFrame:
+    """``stage2_tests.csv``: the corrected t-tests (primary) followed by the pooled per-repeat tests."""
+    return pd.concat([corrected_tests(folds, pairs=pairs, level=level), pooled_tests(oof, pairs=pairs, level=level)],
+                     ignore_index=True)
+
+
+def paired_differences(folds: pd.DataFrame, *, metric: str = "accuracy",
+                       pairs: Sequence[tuple[str, str]] | None = None) -> pd.DataFrame:
+    """Per fold, ``arm_a - arm_b`` of ``metric``: columns pair, repeat, fold, difference (for plots)."""
+    wide = folds.pivot(index=["repeat", "fold"], columns="arm", values=metric)
+    parts = [pd.DataFrame({"pair": f"{a} - {b}", "difference": wide[a] - wide[b]}).reset_index()
+             for a, b in _pairs(list(wide.columns), pairs)]
+    return pd.concat(parts, ignore_index=True)
+
+
+def _pp(value: float) -> str:
+    return f"{100 * value:+.1f}"
+
+
+def verdict(tests: pd.DataFrame, *, arm_a: str = "multistage", arm_b: str = "imagenet", alpha: float = 0.05,
+            paper_gain: float | None = None) -> str:
+    """One plain sentence (two at most) answering "does ``arm_a`` beat ``arm_b``?" from the
+    primary test (corrected t-test on accuracy, Holm-adjusted). Written from the numbers,
+    so it changes when they do."""
+    row = tests[(tests["arm_a"] == arm_a) & (tests["arm_b"] == arm_b) & (tests["metric"] == "accuracy")
+                & (tests["test"] == "nadeau_bengio")]
+    if len(row) != 1:
+        raise ValueError(f"no corrected t-test of {arm_a} - {arm_b} on accuracy in the table")
+    r = row.iloc[0]
+    numbers = (f"{_pp(r['mean_diff'])} percentage points of accuracy (95 % CI {_pp(r['ci_low'])} to "
+               f"{_pp(r['ci_high'])}; corrected t-test p = {r['p_value']:.3f}, Holm-adjusted {r['p_adjusted']:.3f})")
+    if not np.isfinite(r["p_adjusted"]):
+        sentence = f"The test is undefined: {arm_a} and {arm_b} agree on every fold ({numbers})."
+    elif r["p_adjusted"] < alpha and r["mean_diff"] > 0:
+        sentence = f"Yes: {arm_a} did better than {arm_b}, by {numbers}."
+    elif r["p_adjusted"] < alpha:
+        sentence = f"No, the opposite: {arm_a} did worse than {arm_b}, by {numbers}."
+    else:
+        sentence = (f"No detectable effect: {arm_a} minus {arm_b} is {numbers}, "
+                    f"not significant at the {alpha:.2f} level.")
+    if paper_gain is not None and np.isfinite(r["ci_high"]):
+        if r["ci_low"] <= paper_gain <= r["ci_high"]:
+            where = "inside this interval, so it cannot be ruled out"
+        elif paper_gain > r["ci_high"]:
+            where = "above this interval: these data rule out a gain that large"
+        else:
+            where = "below this interval: the measured gain is larger"
+        sentence += f" The paper's gain of {_pp(paper_gain)} points lies {where}."
+    return sentence
