@@ -87,3 +87,66 @@ def arm_comparison(table: pd.DataFrame, *, metric: str = "accuracy", reference: 
     ax.set_ylim(0, 1.02)
     fig.tight_layout()
     return fig
+
+
+def fold_distributions(folds: pd.DataFrame, *, metrics: tuple[str, ...] = ("accuracy", "auc"),
+                       order: list[str] | None = None) -> plt.Figure:
+    """One point per fold and arm (box behind), one panel per metric: the spread, not only the mean."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        sns.boxplot(data=folds, x="arm", y=metric, order=order, color="0.92", showfliers=False, ax=ax)
+        sns.stripplot(data=folds, x="arm", y=metric, order=order, hue="repeat", palette="colorblind", size=5,
+                      jitter=0.18, alpha=0.85, ax=ax, legend=ax is axes[0][-1])
+        ax.set_xlabel("")
+        ax.tick_params(axis="x", labelrotation=20)
+    fig.tight_layout()
+    return fig
+
+
+def paired_differences(differences: pd.DataFrame, tests: pd.DataFrame, *, metric: str = "accuracy") -> plt.Figure:
+    """Per-fold paired differences (points) with the corrected 95 % interval (bar) for each pair."""
+    pairs = list(pd.unique(differences["pair"]))
+    fig, ax = plt.subplots(figsize=(6.4, 0.55 * len(pairs) + 1.4))
+    sns.stripplot(data=differences, y="pair", x="difference", order=pairs, color="0.55", size=4, jitter=0.15, ax=ax)
+    for i, pair in enumerate(pairs):
+        a, b = pair.split(" - ")
+        row = tests[(tests["arm_a"] == a) & (tests["arm_b"] == b) & (tests["metric"] == metric)].iloc[0]
+        ax.errorbar(row["mean_diff"], i, xerr=[[row["mean_diff"] - row["ci_low"]], [row["ci_high"] - row["mean_diff"]]],
+                    fmt="o", color="black", capsize=4, ms=6)
+    ax.axvline(0, ls=":", color="grey")
+    ax.set_xlabel(f"difference in {metric} (arm_a - arm_b); bar: mean with corrected 95 % CI")
+    ax.set_ylabel("")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_grid(tables: dict[str, tuple[np.ndarray, np.ndarray]], class_names: tuple[str, ...], *,
+                   title: str = "") -> plt.Figure:
+    """One confusion matrix per entry of {label: (y_true, y_pred)}, side by side."""
+    fig, axes = plt.subplots(1, len(tables), figsize=(3.2 * len(tables), 3.3), squeeze=False)
+    for ax, (label, (y_true, y_pred)) in zip(axes[0], tables.items()):
+        matrix = skm.confusion_matrix(y_true, y_pred, labels=range(len(class_names)))
+        sns.heatmap(matrix, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax,
+                    xticklabels=class_names, yticklabels=class_names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true" if ax is axes[0][0] else "")
+        ax.set_title(label)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def mean_learning_curves(histories: pd.DataFrame, *, title: str = "") -> plt.Figure:
+    """Mean train/validation loss and accuracy per epoch and arm, with a 95 % band over the fold runs."""
+    long = histories.melt(id_vars=["arm", "epoch"], value_vars=["train_loss", "val_loss", "train_accuracy", "val_accuracy"])
+    long["part"] = long["variable"].str.split("_").str[0].map({"train": "train", "val": "validation"})
+    long["metric"] = long["variable"].str.split("_", n=1).str[1]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        sns.lineplot(data=long[long["metric"] == metric], x="epoch", y="value", hue="arm", style="part",
+                     palette="colorblind", errorbar=("ci", 95), ax=ax, legend=ax is axes[1])
+        ax.set_ylabel(metric)
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -15,7 +15,7 @@ import pandas as pd
 from . import repro
 
 #: Columns of ``stage1_test.csv`` (the contract other chapters and reviewers read).
-STAGE1_COLUMNS = ["model", "profile", "seed", "image_size", "accuracy", "auc", "sensitivity", "specificity", "n_test"]
+STAGE1_COLUMNS = ["model", "init_from", "profile", "seed", "image_size", "accuracy", "auc", "sensitivity", "specificity", "n_test"]
 #: Columns of ``stage2_test.csv``: one row per arm and seed.
 STAGE2_COLUMNS = ["arm", "init_from", "model", "profile", "seed", "image_size", "accuracy", "accuracy_ci_low",
                   "accuracy_ci_high", "auc", "sensitivity", "specificity", "f1", "balanced_accuracy", "n_test"]
@@ -100,3 +100,7 @@ def data_banner(sources: Iterable[Any]) -> str:
         print("!" * 78 + f"\n!! {SYNTHETIC_WARNING}\n" + "!" * 78, file=sys.stderr)
         return f":::{{danger}}\n{SYNTHETIC_WARNING}\n:::\n"
     return ""
+
+
+#: Columns of ``paper_split.csv``: the paper's own setting (one 80/20 split per seed).
+PAPER_SPLIT_COLUMNS = ["arm", "seed", "accuracy", "n_test"]

@@ -17,6 +17,8 @@ from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
+from .metrics import auc_rows
+
 NAN = float("nan")
 
 
@@ -147,15 +149,6 @@ def delong_test(y_true: Sequence[int], score_a: Sequence[float], score_b: Sequen
             "ci_low": diff - half, "ci_high": diff + half}
 
 
-def _auc_rows(y: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """Rank AUC of each row of (labels, scores) matrices; nan where a row has one class."""
-    ranks = stats.rankdata(s, axis=1)
-    m = y.sum(axis=1)
-    n = y.shape[1] - m
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return ((ranks * y).sum(axis=1) - m * (m + 1) / 2) / (m * n)
-
-
 def paired_bootstrap_auc(
     y_true: Sequence[int], score_a: Sequence[float], score_b: Sequence[float],
     *, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
@@ -171,9 +164,9 @@ def paired_bootstrap_auc(
     y, sa, sb = _binary_inputs(y_true, score_a, score_b)
     idx = np.random.default_rng(seed).integers(0, y.size, (n_boot, y.size))
     yb = y[idx]
-    boot = _auc_rows(yb, sa[idx]) - _auc_rows(yb, sb[idx])
+    boot = auc_rows(yb, sa[idx]) - auc_rows(yb, sb[idx])
     boot = boot[np.isfinite(boot)]
-    diff = float(_auc_rows(y[None], sa[None])[0] - _auc_rows(y[None], sb[None])[0])
+    diff = float(auc_rows(y[None], sa[None])[0] - auc_rows(y[None], sb[None])[0])
     if boot.size == 0:
         return {"diff": diff, "se": NAN, "ci_low": NAN, "ci_high": NAN, "p_value": NAN, "n_boot": 0}
     low, high = np.percentile(boot, [50 * (1 - level), 50 * (1 + level)])

@@ -40,10 +40,12 @@ class Step:
 
 STEPS = (
     Step("01_data.ipynb", "data.ipynb"),
-    Step("02_stage1.ipynb", "stage1.ipynb"),
+    Step("02_stage1.ipynb", "stage1.ipynb", {"init_from": "imagenet"}),
+    Step("02_stage1.ipynb", "stage1_scratch.ipynb", {"init_from": "scratch"}),
     Step("03_stage2.ipynb", "stage2_imagenet.ipynb", {"init_from": "imagenet"}),
     Step("03_stage2.ipynb", "stage2_multistage.ipynb", {"init_from": "stage1"}),
-    Step("04_results.ipynb", "results.ipynb"),
+    Step("04_crossval.ipynb", "crossval.ipynb"),
+    Step("05_results.ipynb", "results.ipynb"),
 )
 
 
