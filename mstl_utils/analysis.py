@@ -138,11 +138,16 @@ def verdict(tests: pd.DataFrame, *, arm_a: str = "multistage", arm_b: str = "ima
     """One plain sentence (two at most) answering "does ``arm_a`` beat ``arm_b``?" from the
     primary test (corrected t-test on accuracy, Holm-adjusted). Written from the numbers,
     so it changes when they do."""
-    row = tests[(tests["arm_a"] == arm_a) & (tests["arm_b"] == arm_b) & (tests["metric"] == "accuracy")
-                & (tests["test"] == "nadeau_bengio")]
-    if len(row) != 1:
+    primary = tests[(tests["metric"] == "accuracy") & (tests["test"] == "nadeau_bengio")]
+    row = primary[(primary["arm_a"] == arm_a) & (primary["arm_b"] == arm_b)]
+    flipped = primary[(primary["arm_a"] == arm_b) & (primary["arm_b"] == arm_a)]
+    if len(row) == 1:
+        r = row.iloc[0]
+    elif len(flipped) == 1:  # the table holds b - a: negate the difference and swap the interval
+        r = flipped.iloc[0].copy()
+        r["mean_diff"], r["ci_low"], r["ci_high"] = -r["mean_diff"], -r["ci_high"], -r["ci_low"]
+    else:
         raise ValueError(f"no corrected t-test of {arm_a} - {arm_b} on accuracy in the table")
-    r = row.iloc[0]
     numbers = (f"{_pp(r['mean_diff'])} percentage points of accuracy (95 % CI {_pp(r['ci_low'])} to "
                f"{_pp(r['ci_high'])}; corrected t-test p = {r['p_value']:.3f}, Holm-adjusted {r['p_adjusted']:.3f})")
     if not np.isfinite(r["p_adjusted"]):

@@ -106,9 +106,13 @@ def run_protocol(
     runs_root: str | Path | None = None,
     device: str = "auto",
     force: bool = False,
+    folds: pd.DataFrame | None = None,
 ) -> list[StageResult]:
-    """Run (or reuse) the bridge stages and every fold of every arm; return the fold results."""
-    folds, _ = head_ct_folds(profile, data_dir=data_dir, runs_root=runs_root)
+    """Run (or reuse) the bridge stages and every fold of every arm; return the fold results.
+
+    ``folds`` defaults to ``head_ct_folds(profile)``."""
+    if folds is None:
+        folds, _ = head_ct_folds(profile, data_dir=data_dir, runs_root=runs_root)
     runs = plan(profile, folds, arms=arms)
     common = dict(data_dir=data_dir, weights_dir=weights_dir, runs_root=runs_root, device=device, force=force)
     for name, seed in bridges(runs):
@@ -122,9 +126,10 @@ def run_protocol(
 
 
 def load_protocol(profile: Profile, *, arms: tuple[str, ...] = tuple(ARM_INIT), data_dir: str | Path | None = None,
-                  runs_root: str | Path | None = None) -> list[StageResult]:
+                  runs_root: str | Path | None = None, folds: pd.DataFrame | None = None) -> list[StageResult]:
     """Read back every planned fold run (an error names the first one missing); trains nothing."""
-    folds, _ = head_ct_folds(profile, data_dir=data_dir, runs_root=runs_root)
+    if folds is None:
+        folds, _ = head_ct_folds(profile, data_dir=data_dir, runs_root=runs_root)
     return [load_result(run_dir_for(profile, run.name, run.seed, runs_root, run.split))
             for run in plan(profile, folds, arms=arms)]
 

@@ -44,3 +44,15 @@ def test_committed_head_ct_folds_match_the_labels(real_data_dir):
     table, _ = data.read_table(data.locate("head_ct", data="real", data_dir=real_data_dir))
     again = folds.make_folds(table["group"].tolist(), table["label"].to_numpy(), n_splits=5, n_repeats=10, seed=0)
     pd.testing.assert_frame_equal(committed, again)
+
+
+def test_protocol_uses_the_committed_folds_for_the_real_data(real_data_dir):
+    from mstl_utils import config, folds, paths, protocol
+
+    for name in ("quick", "paper"):
+        profile = config.get_profile(name, data="real")
+        used, origin = protocol.head_ct_folds(profile, data_dir=real_data_dir)
+        assert origin == "data/folds/head_ct_folds.csv"
+        committed = folds.read_folds(paths.project_root() / protocol.FOLDS_FILE)
+        assert used.equals(committed[committed["repeat"] < profile.cv_repeats].reset_index(drop=True))
+        assert used["repeat"].nunique() == profile.cv_repeats and used["fold"].nunique() == profile.cv_folds

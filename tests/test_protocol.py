@@ -1,0 +1,142 @@
+"""The head-CT protocol: fold plan, chained starting weights, contract tables, tests and verdict."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mstl_utils import analysis, config, folds as folds_mod, protocol, stages, statistics as st, train
+
+
+@pytest.fixture
+def profile(synthetic_root, monkeypatch):
+    monkeypatch.setenv("MSTL_DATA_DIR", str(synthetic_root))
+    monkeypatch.delenv("MSTL_WEIGHTS_DIR", raising=False)
+    return config.get_profile("smoke", data="real", seeds=(0, 1), cv_repeats=2)
+
+
+def _first_weight(state_dict: dict[str, torch.Tensor]) -> torch.Tensor:
+    return next(v for k, v in state_dict.items() if k.endswith("weight"))
+
+
+def test_plan_pairs_every_arm_on_every_fold_with_shared_seeds(profile):
+    folds, origin = protocol.head_ct_folds(profile)
+    assert "made for real data" in origin  # 30 synthetic images do not match the committed file
+    runs = protocol.plan(profile, folds)
+    assert len(runs) == len(config.ARM_INIT) * profile.cv_folds * profile.cv_repeats
+    by_fold = pd.DataFrame([{"arm": r.arm, "key": r.split.key, "seed": r.seed, "init_seed": r.init_seed,
+                             "test": r.split.test_ids} for r in runs])
+    per_key = by_fold.groupby("key")
+    assert (per_key["arm"].nunique() == len(config.ARM_INIT)).all()
+    assert (per_key["seed"].nunique() == 1).all() and (per_key["test"].nunique() == 1).all()
+    for run in runs:
+        assert run.seed == run.split.repeat and run.init_seed == profile.seeds[run.split.repeat % 2]
+        _, expected = folds_mod.split_of(folds, repeat=run.split.repeat, fold=run.split.fold)
+        assert run.split.test_ids == tuple(expected)
+    assert protocol.bridges(runs) == [("stage1", 0), ("stage1", 1), ("stage1_scratch", 0), ("stage1_scratch", 1)]
+    with pytest.raises(ValueError, match="unknown arm"):
+        protocol.plan(profile, folds, arms=("imagenet", "bridge"))
+
+
+def test_chained_arms_start_from_their_bridge_checkpoint(profile):
+    bridge = {name: stages.run_stage(name, profile, stage="stage1", init_from=init, seed=1)
+              for name, init in config.STAGE1_INIT.items()}
+    saved = {name: _first_weight(train.load_checkpoint(r.run_dir / "checkpoint.pt")["state_dict"])
+             for name, r in bridge.items()}
+    for arm in ("multistage", "bridge_only"):
+        init_from = config.ARM_INIT[arm]
+        model, weights = stages.initial_model(profile, init_from=init_from, num_classes=2, seed=1)
+        assert torch.equal(_first_weight(model.state_dict()), saved[init_from]), arm
+        assert weights.source == init_from and weights.file == f"{init_from}/seed1/checkpoint.pt"
+    scratch, _ = stages.initial_model(profile, init_from="scratch", num_classes=2, seed=1)
+    assert not torch.equal(_first_weight(scratch.state_dict()), saved["stage1"])
+
+
+def test_protocol_writes_paired_contract_tables(profile):
+    results = protocol.run_protocol(profile, arms=("imagenet", "multistage"))
+    folds, _ = protocol.head_ct_folds(profile)
+    table = protocol.fold_table(results)
+    assert list(table.columns) == protocol.FOLD_RESULT_COLUMNS
+    assert len(table) == 2 * profile.cv_folds * profile.cv_repeats
+    assert (table["n_test"] + table["n_train"] < folds["image_id"].nunique()).all()  # validation part held out
+    # A fold run's test part is exactly the fold; its bridge is the one of its repeat's seed.
+    for result in results:
+        split = result.config["split"]
+        _, expected = folds_mod.split_of(folds, repeat=split["repeat"], fold=split["fold"])
+        assert sorted(result.predictions["image_id"]) == sorted(expected)
+        if result.config["init_from"] == "stage1":
+            assert result.metrics["provenance"]["weights"]["file"] == f"stage1/seed{split['repeat']}/checkpoint.pt"
+    oof = protocol.oof_table(results)
+    assert list(oof.columns) == protocol.OOF_COLUMNS
+    per = oof.groupby(["arm", "repeat"])["image_id"]
+    assert (per.nunique() == folds["image_id"].nunique()).all() and (per.size() == per.nunique()).all()
+    labels = folds.drop_duplicates("image_id").set_index("image_id")["label"]
+    assert (oof["label"].to_numpy() == labels.loc[oof["image_id"]].to_numpy()).all()
+    assert protocol.load_protocol(profile, arms=("imagenet", "multistage"))[0].run_dir == results[0].run_dir
+    tests = analysis.protocol_tests(table, oof)
+    assert list(tests.columns) == analysis.TEST_COLUMNS
+    assert set(tests["test"]) == {"nadeau_bengio", "mcnemar_exact/repeat0", "mcnemar_exact/repeat1",
+                                  "delong/repeat0", "delong/repeat1"}
+
+
+@pytest.fixture
+def fold_results():
+    rng = np.random.default_rng(0)
+    rows = []
+    for repeat in range(2):
+        for fold in range(5):
+            base = rng.normal(0.8, 0.04)
+            for arm, shift in (("scratch", -0.10), ("imagenet", 0.0), ("bridge_only", -0.05), ("multistage", 0.01)):
+                rows.append({"arm": arm, "repeat": repeat, "fold": fold, "n_train": 128, "n_test": 40,
+                             "accuracy": base + shift + rng.normal(0, 0.02), "auc": base + shift / 2})
+    return pd.DataFrame(rows)
+
+
+def test_corrected_tests_match_the_nadeau_bengio_formula_by_hand(fold_results):
+    tests = analysis.corrected_tests(fold_results, metrics=("accuracy",))
+    wide = fold_results.pivot(index=["repeat", "fold"], columns="arm", values="accuracy")
+    d = (wide["multistage"] - wide["imagenet"]).to_numpy()
+    se = np.sqrt((1 / 10 + 40 / 128) * d.var(ddof=1))
+    t = d.mean() / se
+    from scipy import stats
+
+    row = tests.iloc[0]
+    assert (row["arm_a"], row["arm_b"]) == analysis.PAIRS[0]
+    assert row["statistic"] == pytest.approx(t) and row["p_value"] == pytest.approx(2 * stats.t.sf(abs(t), 9))
+    assert row["ci_high"] - row["mean_diff"] == pytest.approx(stats.t.ppf(0.975, 9) * se)
+    assert np.allclose(tests["p_adjusted"], st.adjust_pvalues(tests["p_value"]))
+    assert len(tests) == len(analysis.PAIRS)
+
+
+def test_pooled_tests_use_exact_mcnemar_and_delong_per_repeat():
+    y = np.array([1] * 10 + [0] * 10)
+    a = np.where(y == 1, 0.9, 0.1)
+    b = a.copy()
+    b[:6] = 0.2  # b misses six positives that a finds
+    oof = pd.concat([pd.DataFrame({"arm": arm, "repeat": 0, "image_id": [f"{i:03d}" for i in range(20)],
+                                   "label": y, "prob": p}) for arm, p in (("multistage", a), ("imagenet", b))])
+    tests = analysis.pooled_tests(oof).set_index("test")
+    mc = tests.loc["mcnemar_exact/repeat0"]
+    assert mc["statistic"] == 6 and mc["p_value"] == pytest.approx(2 * 0.5 ** 6)
+    assert mc["mean_diff"] == pytest.approx(0.3)
+    dl = tests.loc["delong/repeat0"]
+    assert dl["mean_diff"] == pytest.approx(st.delong_test(y, a, b)["diff"])
+    with pytest.raises(ValueError, match="lacks out-of-fold probabilities"):
+        analysis.pooled_tests(oof.iloc[:-1])
+
+
+def test_verdict_is_written_from_the_numbers(fold_results):
+    tests = analysis.corrected_tests(fold_results)
+    text = analysis.verdict(tests, arm_a="imagenet", arm_b="scratch")
+    row = tests[(tests["arm_a"] == "imagenet") & (tests["arm_b"] == "scratch") & (tests["metric"] == "accuracy")].iloc[0]
+    assert text.startswith("Yes: imagenet did better than scratch")
+    assert f"by {100 * row['mean_diff']:+.1f} percentage points" in text and f"{100 * row['ci_low']:+.1f} to" in text
+    assert analysis.verdict(tests, arm_a="scratch", arm_b="imagenet").startswith("No, the opposite")
+    flat = fold_results.assign(accuracy=np.where(fold_results["arm"] == "multistage",
+                                                 fold_results["accuracy"] - 0.01, fold_results["accuracy"]))
+    null = analysis.verdict(analysis.corrected_tests(flat), paper_gain=0.125)
+    assert null.startswith("No detectable effect") and "rule out a gain that large" in null
+    changed = analysis.verdict(analysis.corrected_tests(flat.assign(accuracy=flat["accuracy"] * 0.9)))
+    assert changed != null.split(" The paper")[0]
+    with pytest.raises(ValueError, match="no corrected t-test"):
+        analysis.verdict(tests, arm_a="multistage", arm_b="nothing")
