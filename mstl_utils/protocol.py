@@ -114,14 +114,16 @@ def run_protocol(
     if folds is None:
         folds, _ = head_ct_folds(profile, data_dir=data_dir, runs_root=runs_root)
     runs = plan(profile, folds, arms=arms)
-    common = dict(data_dir=data_dir, weights_dir=weights_dir, runs_root=runs_root, device=device, force=force)
+    common = dict(data_dir=data_dir, weights_dir=weights_dir, runs_root=runs_root, device=device)
     for name, seed in bridges(runs):
+        # Complete bridges are reused even with ``force``: the stage-1 notebooks own them, and a
+        # changed bridge re-runs the folds anyway (their config holds the bridge's sha256).
         run_stage(name, profile, stage="stage1", init_from=STAGE1_INIT[name], seed=seed, **common)
     results = []
     for index, run in enumerate(runs, 1):
         log.info("protocol run %d/%d: %s %s", index, len(runs), run.arm, run.split.key)
         results.append(run_stage(run.name, profile, stage="stage2", init_from=run.init_from, seed=run.seed,
-                                 split=run.split, init_seed=run.init_seed, **common))
+                                 split=run.split, init_seed=run.init_seed, force=force, **common))
     return results
 
 

@@ -140,3 +140,13 @@ def test_verdict_is_written_from_the_numbers(fold_results):
     assert changed != null.split(" The paper")[0]
     with pytest.raises(ValueError, match="no corrected t-test"):
         analysis.verdict(tests, arm_a="multistage", arm_b="nothing")
+
+
+def test_force_reruns_the_folds_but_reuses_complete_bridges(profile):
+    profile = profile.replace(cv_repeats=1)
+    first = protocol.run_protocol(profile, arms=("multistage",))
+    bridge = stages.run_dir_for(profile, "stage1", 0) / "metrics.json"
+    stamps = bridge.stat().st_mtime_ns, (first[0].run_dir / "metrics.json").stat().st_mtime_ns
+    again = protocol.run_protocol(profile, arms=("multistage",), force=True)
+    assert bridge.stat().st_mtime_ns == stamps[0]
+    assert (again[0].run_dir / "metrics.json").stat().st_mtime_ns != stamps[1]
