@@ -24,7 +24,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from . import paths, repro, synthetic
+from . import manifest, paths, repro, synthetic
 from .images import IMAGE_SUFFIXES, DataFormatError, load_image, open_grey  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
@@ -37,18 +37,19 @@ class DatasetInfo:
 
     name: str
     title: str
-    kaggle_handle: str  # owner/dataset on Kaggle, downloaded with kagglehub
+    kaggle_handle: str  # owner/dataset[/versions/N] on Kaggle, downloaded with kagglehub
     class_names: tuple[str, ...]  # index = label
 
 
 DATASETS = {
     "head_ct": DatasetInfo(
+        # Unversioned handle: the committed manifest's per-file sha256 pins the content instead.
         "head_ct", "Head CT - Hemorrhage", "felipekitamura/head-ct-hemorrhage", ("normal", "hemorrhage")
     ),
     "chest_xray": DatasetInfo(
         "chest_xray",
         "Chest X-Ray Images (Pneumonia)",
-        "paultimothymooney/chest-xray-pneumonia",
+        "paultimothymooney/chest-xray-pneumonia/versions/2",  # pinned: a later upload cannot change the data silently
         ("NORMAL", "PNEUMONIA"),
     ),
 }
@@ -131,7 +132,9 @@ def _download(dataset: str) -> Path | None:
     try:
         import kagglehub
 
-        return Path(kagglehub.dataset_download(DATASETS[dataset].kaggle_handle))
+        # Into the project's cache (MSTL_CACHE_DIR), not ~/.cache, so one setting moves every download.
+        target = paths.cache_dir() / "kagglehub" / dataset
+        return Path(kagglehub.dataset_download(DATASETS[dataset].kaggle_handle, output_dir=str(target)))
     except Exception as error:  # kagglehub raises many kinds of network errors
         log.info("kagglehub could not download %s: %s", dataset, error)
         return None
@@ -404,6 +407,7 @@ class StageData:
     images: torch.Tensor  # [N, 1, S, S] uint8, row i = table row i
     checksum: str  # sha256 over every file of the dataset (relative path + content)
     n_files: int
+    manifest: str | None = None  # how the files compare with the committed manifest (None: not checked)
 
     @property
     def num_classes(self) -> int:
@@ -428,6 +432,7 @@ class StageData:
             "origin": self.source.origin,
             "n_files": self.n_files,
             "sha256": self.checksum,
+            "manifest": self.manifest,
         }
 
 
@@ -446,13 +451,27 @@ def prepare(
     """Locate, read, split and decode ``dataset`` for one stage (``test_groups``: see ``assign_parts``)."""
     source = locate(dataset, data=data, data_dir=data_dir)
     table, class_names = read_table(source)
-    checksum = repro.fingerprint(table["path"], source.root)
+    hashes = repro.file_hashes(table["path"], source.root)
+    checksum = repro.fingerprint(table["path"], source.root, hashes)
+    verdict = verify(source, table, hashes)
     n_files = len(table)
     table = subsample(table, max_per_class, seed=seed)
     table = assign_parts(table, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed,
                          test_groups=test_groups).reset_index(drop=True)
     images = load_images(table["path"].tolist(), image_size)
-    return StageData(source, table, class_names, images, checksum, n_files=n_files)
+    return StageData(source, table, class_names, images, checksum, n_files=n_files, manifest=verdict)
+
+
+def verify(source: DataSource, table: pd.DataFrame, hashes: dict[str, str] | None = None) -> str | None:
+    """Compare real data with the committed manifest; warn with every difference. None: not checked."""
+    if source.is_synthetic or source.origin == "path":
+        return None
+    result = manifest.check(source.dataset, table, source.root, hashes)
+    if result is None:
+        return None
+    if not result.matches:
+        log.warning("%s at %s %s", source.dataset, source.root, result.summary())
+    return result.summary()
 
 
 def counts(stage_data: StageData) -> pd.DataFrame:

@@ -199,3 +199,41 @@ def test_a_failed_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
     assert not (run_dir / "metrics.json").exists()
     with pytest.raises(FileNotFoundError, match="not a complete run"):
         stages.load_result(run_dir)
+
+
+# ----------------------------------------------------------------- manifests
+
+
+def test_manifest_check_says_exactly_what_differs(head_ct, tmp_path):
+    from mstl_utils import manifest, repro
+
+    def rows():
+        source = data.locate("head_ct", data="real", data_dir=head_ct.parent, download=False)
+        table, _ = data.read_table(source)
+        return manifest.describe("head_ct", table, source.root, repro.file_hashes(table["path"], source.root))
+
+    expected = rows()
+    assert manifest.compare("head_ct", rows(), expected, manifest="m.csv").summary() == "matches m.csv"
+    images_dir = _image_dir(head_ct)
+    (images_dir / "001.png").write_bytes((images_dir / "002.png").read_bytes())  # changed contents
+    labels = _labels(head_ct).read_text().replace("\n007,0", "\n007,1")  # relabelled
+    (images_dir / "006.png").unlink()  # removed, with its row
+    _labels(head_ct).write_text("\n".join(line for line in labels.splitlines() if not line.startswith("006")) + "\n")
+    check = manifest.compare("head_ct", rows(), expected, manifest="m.csv")
+    assert not check.matches
+    text = check.summary()
+    assert "1 expected file(s) missing (006.png)" in text
+    assert "1 file(s) with another label (007.png)" in text
+    assert "1 file(s) with other contents than the originals (001.png)" in text
+    assert "all/0: 4 expected, 2 found" in text and "all/1: 4 expected, 5 found" in text
+
+
+def test_prepare_records_the_manifest_check_for_real_data(head_ct, tmp_path, monkeypatch):
+    from mstl_utils import manifest
+
+    monkeypatch.setattr(manifest, "manifest_path", lambda dataset, root=None: tmp_path / f"{dataset}.csv")
+    stage_data = data.prepare("head_ct", data="real", data_dir=head_ct.parent, image_size=32, val_fraction=0.5)
+    assert stage_data.describe()["manifest"] is None  # no manifest for these files: not checked
+    (tmp_path / "head_ct.csv").write_text("split,label,file,sha256\nall,1,000.png,abc\n")
+    stage_data = data.prepare("head_ct", data="real", data_dir=head_ct.parent, image_size=32, val_fraction=0.5)
+    assert stage_data.describe()["manifest"].startswith("differs from <external>/head_ct.csv: 7 unexpected file(s)")
