@@ -55,8 +55,14 @@ def fingerprint(files: Iterable[str | Path], root: str | Path, hashes: dict[str,
     return digest.hexdigest()
 
 
+#: What a study run writes into the tracked tree (executed notebooks, result tables): changes
+#: there are outputs, not code, and do not make the code version "dirty".
+GENERATED = (":(exclude)book/*.ipynb", ":(exclude)book/results", ":(exclude)book/_status.md")
+
+
 def git_version(root: str | Path | None = None) -> dict[str, Any]:
-    """The commit the code came from and whether the tree had uncommitted changes."""
+    """The commit the code came from and whether the tree had uncommitted changes (outside
+    the study's own outputs)."""
     cwd = str(root) if root else None
 
     def git(*args: str) -> str:
@@ -66,7 +72,7 @@ def git_version(root: str | Path | None = None) -> dict[str, Any]:
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", *GENERATED))
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit, "dirty": dirty}

@@ -137,6 +137,10 @@ def run_stage(
     init_seed = seed if init_seed is None else init_seed
     run_dir = run_dir_for(profile, name, seed, runs_root, split)
     requested = _requested(profile, name, stage, init_from, seed, init_seed, split)
+    if init_from not in ("imagenet", "scratch"):
+        # A chained run is only reusable while the checkpoint it started from is the same one.
+        upstream = run_dir_for(profile, init_from, init_seed, runs_root) / "checkpoint.pt"
+        requested["init_sha256"] = repro.sha256_file(upstream) if upstream.is_file() else None
     if not force and (run_dir / "metrics.json").is_file():
         previous = json.loads((run_dir / "config.json").read_text())
         if previous == json.loads(json.dumps(requested)):

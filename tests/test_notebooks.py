@@ -75,7 +75,17 @@ def test_smoke_study_executes_every_notebook(smoke_book):
     assert prov["synthetic"] is True and prov["profile"]["name"] == "smoke"
     assert {"hardware", "data", "weights", "code", "started", "finished"} <= set(prov)
     header = (results / "stage1_test.csv").read_text().splitlines()[0]
-    assert header == "model,profile,seed,image_size,accuracy,auc,sensitivity,specificity,n_test"
+    assert header == "model,init_from,profile,seed,image_size,accuracy,auc,sensitivity,specificity,n_test"
+    # The results contract of the protocol, spelt out as reviewers read it.
+    contract = {
+        "stage2_folds.csv": "arm,repeat,fold,seed,n_train,n_test,accuracy,auc,sensitivity,specificity,f1,"
+                            "balanced_accuracy,profile",
+        "stage2_oof.csv": "arm,repeat,image_id,label,prob",
+        "stage2_tests.csv": "arm_a,arm_b,metric,mean_diff,ci_low,ci_high,test,statistic,p_value,p_adjusted",
+        "paper_split.csv": "arm,seed,accuracy,n_test",
+    }
+    for name, columns in contract.items():
+        assert (results / name).read_text().splitlines()[0] == columns, name
     assert "SYNTHETIC DATA" in (site / "book" / "_status.md").read_text()
     for path in outputs:
         text = path.read_text()

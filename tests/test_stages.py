@@ -73,3 +73,20 @@ def test_atomic_write_leaves_nothing_half_written(tmp_path):
     with pytest.raises(RuntimeError):
         train.atomic_write(target, broken)
     assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_chained_run_reruns_when_its_starting_checkpoint_changes(profile):
+    import shutil
+
+    for seed in (0, 1):
+        stages.run_stage("stage1", profile, stage="stage1", init_from="imagenet", seed=seed)
+    first = stages.run_stage("stage2_multistage", profile, stage="stage2", init_from="stage1")
+    stamp = (first.run_dir / "metrics.json").stat().st_mtime_ns
+    again = stages.run_stage("stage2_multistage", profile, stage="stage2", init_from="stage1")
+    assert (again.run_dir / "metrics.json").stat().st_mtime_ns == stamp  # same bridge: reused
+    bridge = stages.run_dir_for(profile, "stage1", 0) / "checkpoint.pt"
+    shutil.copy(stages.run_dir_for(profile, "stage1", 1) / "checkpoint.pt", bridge)
+    changed = stages.run_stage("stage2_multistage", profile, stage="stage2", init_from="stage1")
+    assert (changed.run_dir / "metrics.json").stat().st_mtime_ns != stamp
+    assert changed.config["init_sha256"] != first.config["init_sha256"]
+    assert changed.metrics["provenance"]["weights"]["sha256"] == changed.config["init_sha256"]
