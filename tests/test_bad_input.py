@@ -13,6 +13,12 @@ from mstl_utils import config, data, images, stages, synthetic
 from mstl_utils.data import DataFormatError, DataNotFoundError
 
 
+@pytest.fixture(autouse=True)
+def no_real_data(monkeypatch):
+    """Only the folders a test names are searched (CI sets MSTL_DATA_DIR to the real data)."""
+    monkeypatch.delenv("MSTL_DATA_DIR", raising=False)
+
+
 @pytest.fixture
 def head_ct(tmp_path) -> Path:
     """A fresh, writable synthetic head-CT folder (Kaggle layout) per test."""
