@@ -20,16 +20,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from . import paths, repro, synthetic
+from . import manifest, paths, repro, synthetic
+from .images import IMAGE_SUFFIXES, DataFormatError, load_image, open_grey  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
 @dataclass(frozen=True)
@@ -38,18 +37,19 @@ class DatasetInfo:
 
     name: str
     title: str
-    kaggle_handle: str  # owner/dataset on Kaggle, downloaded with kagglehub
+    kaggle_handle: str  # owner/dataset[/versions/N] on Kaggle, downloaded with kagglehub
     class_names: tuple[str, ...]  # index = label
 
 
 DATASETS = {
     "head_ct": DatasetInfo(
+        # Unversioned handle: the committed manifest's per-file sha256 pins the content instead.
         "head_ct", "Head CT - Hemorrhage", "felipekitamura/head-ct-hemorrhage", ("normal", "hemorrhage")
     ),
     "chest_xray": DatasetInfo(
         "chest_xray",
         "Chest X-Ray Images (Pneumonia)",
-        "paultimothymooney/chest-xray-pneumonia",
+        "paultimothymooney/chest-xray-pneumonia/versions/2",  # pinned: a later upload cannot change the data silently
         ("NORMAL", "PNEUMONIA"),
     ),
 }
@@ -71,10 +71,6 @@ class DataSource:
 
 class DataNotFoundError(FileNotFoundError):
     """Real data was asked for and could not be found."""
-
-
-class DataFormatError(ValueError):
-    """A dataset file does not have the expected form."""
 
 
 # --------------------------------------------------------------------------- finding
@@ -110,6 +106,25 @@ def find_layout(dataset: str, folder: Path) -> Path | None:
     return None
 
 
+def diagnose(dataset: str, folder: Path) -> str:
+    """Why ``folder`` holds no ``dataset`` layout, in words (for the not-found message)."""
+    if not folder.exists():
+        return "does not exist"
+    inner_names = {"head_ct", "chest_xray", "train", "val", "test", "NORMAL", "PNEUMONIA"}
+    # Only a folder named like a part of a layout is looked above (never walk from "/").
+    for up in (folder.parent, folder.parent.parent) if folder.name in inner_names else ():
+        if find_layout(dataset, up) is not None:
+            return f"is inside the dataset's layout; point at {find_layout(dataset, up)} instead"
+    for candidate in _walk(folder):
+        if dataset == "head_ct" and (candidate / "head_ct").is_dir() and not (candidate / "labels.csv").is_file():
+            return f"{candidate} has head_ct/ but no labels.csv beside it"
+        if dataset == "chest_xray" and (candidate / "train").is_dir():
+            lacking = [f"{split}/{label}" for split in ("train", "test") for label in ("NORMAL", "PNEUMONIA")
+                       if not (candidate / split / label).is_dir()]
+            return f"{candidate} lacks {', '.join(lacking)}"
+    return "holds no layout of this dataset within 3 levels"
+
+
 def _download(dataset: str) -> Path | None:
     """Download with kagglehub (public datasets need no credentials); None when offline."""
     if paths.offline():
@@ -117,7 +132,9 @@ def _download(dataset: str) -> Path | None:
     try:
         import kagglehub
 
-        return Path(kagglehub.dataset_download(DATASETS[dataset].kaggle_handle))
+        # Into the project's cache (MSTL_CACHE_DIR), not ~/.cache, so one setting moves every download.
+        target = paths.cache_dir() / "kagglehub" / dataset
+        return Path(kagglehub.dataset_download(DATASETS[dataset].kaggle_handle, output_dir=str(target)))
     except Exception as error:  # kagglehub raises many kinds of network errors
         log.info("kagglehub could not download %s: %s", dataset, error)
         return None
@@ -144,7 +161,7 @@ def locate(dataset: str, *, data: str = "auto", data_dir: str | Path | None = No
                 root = find_layout(dataset, base)
                 if root is not None:
                     return DataSource(dataset, root, "real", origin)
-            looked.append(f"{origin}: {folder}/{dataset}")
+            looked.append(f"{origin}: {folder}/{dataset} and {folder} ({diagnose(dataset, folder)})")
         if download:
             root = _download(dataset)
             found = find_layout(dataset, root) if root else None
@@ -174,28 +191,61 @@ def _shout(message: str) -> None:
 # --------------------------------------------------------------------------- reading
 
 
+def _images_by_stem(folder: Path) -> dict[str, Path]:
+    """Image files of ``folder`` by stem (suffixes compared case-insensitively)."""
+    return {f.stem: f for f in sorted(folder.iterdir()) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES}
+
+
+def _listing(values, limit: int = 5) -> str:
+    values = list(values)
+    return ", ".join(map(str, values[:limit])) + (f" and {len(values) - limit} more" if len(values) > limit else "")
+
+
 def read_head_ct(root: Path) -> pd.DataFrame:
-    """``labels.csv`` (header ``id, hemorrhage``) and ``head_ct/head_ct/NNN.png`` as a table."""
+    """``labels.csv`` (header ``id, hemorrhage``) and ``head_ct/head_ct/NNN.png`` as a table.
+
+    Every id must be unique, numeric and labelled 0 or 1, and have exactly one image;
+    every image must have an id. Header case and spaces do not matter.
+    """
     labels_file = root / "labels.csv"
+    if not labels_file.is_file():
+        raise DataFormatError(f"{labels_file}: not found; expected a CSV with header 'id, hemorrhage' beside head_ct/")
     try:
-        labels = pd.read_csv(labels_file, skipinitialspace=True, dtype={"id": str})
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        labels = pd.read_csv(labels_file, skipinitialspace=True, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise DataFormatError(f"{labels_file}: cannot be read as CSV ({error})") from error
-    if list(labels.columns) != ["id", "hemorrhage"]:
+    columns = [str(c).strip().lower() for c in labels.columns]
+    if columns != ["id", "hemorrhage"]:
         raise DataFormatError(f"{labels_file}: header is {list(labels.columns)}; expected 'id, hemorrhage'")
-    if not labels["hemorrhage"].isin([0, 1]).all():
-        bad = labels.loc[~labels["hemorrhage"].isin([0, 1]), "id"].tolist()[:5]
-        raise DataFormatError(f"{labels_file}: hemorrhage must be 0 or 1 (bad ids: {bad})")
+    labels.columns = columns
+    labels = labels.apply(lambda column: column.str.strip())
+    if labels.empty:
+        raise DataFormatError(f"{labels_file}: no rows; expected one row per image")
+    bad_ids = labels.loc[~labels["id"].str.fullmatch(r"\d+"), "id"]
+    if len(bad_ids):
+        raise DataFormatError(f"{labels_file}: ids must be whole numbers (bad: {_listing(bad_ids.map(repr))})")
+    labels["group"] = labels["id"].astype(int).map("{:03d}".format)
+    duplicated = labels.loc[labels["group"].duplicated(), "id"]
+    if len(duplicated):
+        raise DataFormatError(f"{labels_file}: duplicate ids {_listing(duplicated)}; each image must be listed once")
+    bad_labels = labels.loc[~labels["hemorrhage"].isin(["0", "1"])]
+    if len(bad_labels):
+        raise DataFormatError(f"{labels_file}: hemorrhage must be 0 or 1 (bad ids: "
+                              f"{_listing(f'{i}={v!r}' for i, v in zip(bad_labels['id'], bad_labels['hemorrhage']))})")
     image_dir = root / "head_ct" / "head_ct"
     if not image_dir.is_dir():
         image_dir = root / "head_ct"
-    rows = []
-    for ident, label in zip(labels["id"], labels["hemorrhage"]):
-        file = image_dir / f"{int(ident):03d}.png"
-        if not file.is_file():
-            raise DataFormatError(f"{labels_file}: lists id {ident}, but {file} does not exist")
-        rows.append({"path": str(file), "label": int(label), "group": f"{int(ident):03d}", "split": "all"})
-    return pd.DataFrame(rows)
+    images = _images_by_stem(image_dir)
+    missing = [g for g in labels["group"] if g not in images]
+    if missing:
+        raise DataFormatError(f"{labels_file}: lists id(s) {_listing(missing)}, but {image_dir} has no image "
+                              f"named so (expected e.g. {image_dir / (missing[0] + '.png')})")
+    unlisted = sorted(set(images) - set(labels["group"]))
+    if unlisted:
+        raise DataFormatError(f"{image_dir}: image(s) {_listing(images[u].name for u in unlisted)} have no row in "
+                              f"{labels_file}; every image needs a label")
+    return pd.DataFrame({"path": [str(images[g]) for g in labels["group"]], "label": labels["hemorrhage"].astype(int),
+                         "group": labels["group"], "split": "all"})
 
 
 #: Patient of a chest X-ray file: ``person123_bacteria_45`` -> ``person123``;
@@ -219,9 +269,10 @@ def read_chest_xray(root: Path) -> pd.DataFrame:
             folder = root / split / name
             if not folder.is_dir():
                 continue
-            for file in sorted(folder.iterdir()):
-                if file.suffix.lower() in IMAGE_SUFFIXES:
-                    rows.append({"path": str(file), "label": label, "group": patient_id(file.name), "split": split})
+            files = list(_images_by_stem(folder).values())
+            if not files:
+                raise DataFormatError(f"{folder}: no images; expected the {name} class's .jpeg files")
+            rows.extend({"path": str(f), "label": label, "group": patient_id(f.name), "split": split} for f in files)
     table = pd.DataFrame(rows)
     for split in ("train", "test"):
         if table.empty or not (table["split"] == split).any():
@@ -239,9 +290,12 @@ def read_image_folder(root: Path) -> tuple[pd.DataFrame, tuple[str, ...]]:
     rows = []
     for split, base in bases:
         for label, name in enumerate(class_names):
-            for file in sorted((base / name).glob("*")):
-                if file.suffix.lower() in IMAGE_SUFFIXES:
-                    rows.append({"path": str(file), "label": label, "group": file.stem, "split": split})
+            folder = base / name
+            files = list(_images_by_stem(folder).values()) if folder.is_dir() else []
+            if not files:
+                raise DataFormatError(f"{folder}: no images; every class folder needs images with one of "
+                                      f"the suffixes {sorted(IMAGE_SUFFIXES)}")
+            rows.extend({"path": str(f), "label": label, "group": f.stem, "split": split} for f in files)
     return pd.DataFrame(rows), class_names
 
 
@@ -279,12 +333,20 @@ def assign_parts(
     elif (table["split"] == "test").any():
         table["part"] = np.where(table["split"] == "test", "test", np.where(table["split"] == "val", "unused", "train"))
     else:
+        counts = table["label"].value_counts()
+        if len(counts) < 2 or counts.min() < 2 or round(test_fraction * len(table)) < len(counts):
+            raise DataFormatError(f"{counts.to_dict()} images per label cannot be split into a stratified "
+                                  f"{test_fraction:.0%} test part; at least 2 per class and one test image per class are needed")
         splitter = StratifiedShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
         _, test_idx = next(splitter.split(np.zeros(len(table)), table["label"]))
         table["part"] = "train"
         table.iloc[test_idx, table.columns.get_loc("part")] = "test"
     train = table.index[table["part"] == "train"]
     n_splits = max(2, round(1 / val_fraction))
+    per_class = table.loc[train].groupby("label")["group"].nunique()
+    if len(per_class) < 2 or per_class.min() < n_splits:
+        raise DataFormatError(f"training part has {per_class.to_dict()} images/patients per label; at least {n_splits} "
+                              f"per class are needed to carve a stratified {val_fraction:.0%} validation part")
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     _, val_pos = next(folds.split(np.zeros(len(train)), table.loc[train, "label"], table.loc[train, "group"]))
     table.loc[train[val_pos], "part"] = "val"
@@ -300,17 +362,6 @@ def subsample(table: pd.DataFrame, max_per_class: int | None, *, seed: int) -> p
 
 
 # --------------------------------------------------------------------------- decoding
-
-
-def load_image(path: str | Path, image_size: int) -> np.ndarray:
-    """One image as a grey ``image_size`` x ``image_size`` uint8 array (aspect ratio not kept,
-    as in the public chest X-ray copy)."""
-    try:
-        with Image.open(path) as img:
-            grey = img.convert("L").resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    except (UnidentifiedImageError, OSError) as error:
-        raise DataFormatError(f"{path}: cannot be decoded as an image ({error})") from error
-    return np.asarray(grey, dtype=np.uint8)
 
 
 def load_images(files: list[str], image_size: int, *, workers: int | None = None) -> torch.Tensor:
@@ -356,6 +407,7 @@ class StageData:
     images: torch.Tensor  # [N, 1, S, S] uint8, row i = table row i
     checksum: str  # sha256 over every file of the dataset (relative path + content)
     n_files: int
+    manifest: str | None = None  # how the files compare with the committed manifest (None: not checked)
 
     @property
     def num_classes(self) -> int:
@@ -380,6 +432,7 @@ class StageData:
             "origin": self.source.origin,
             "n_files": self.n_files,
             "sha256": self.checksum,
+            "manifest": self.manifest,
         }
 
 
@@ -398,13 +451,27 @@ def prepare(
     """Locate, read, split and decode ``dataset`` for one stage (``test_groups``: see ``assign_parts``)."""
     source = locate(dataset, data=data, data_dir=data_dir)
     table, class_names = read_table(source)
-    checksum = repro.fingerprint(table["path"], source.root)
+    hashes = repro.file_hashes(table["path"], source.root)
+    checksum = repro.fingerprint(table["path"], source.root, hashes)
+    verdict = verify(source, table, hashes)
     n_files = len(table)
     table = subsample(table, max_per_class, seed=seed)
     table = assign_parts(table, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed,
                          test_groups=test_groups).reset_index(drop=True)
     images = load_images(table["path"].tolist(), image_size)
-    return StageData(source, table, class_names, images, checksum, n_files=n_files)
+    return StageData(source, table, class_names, images, checksum, n_files=n_files, manifest=verdict)
+
+
+def verify(source: DataSource, table: pd.DataFrame, hashes: dict[str, str] | None = None) -> str | None:
+    """Compare real data with the committed manifest; warn with every difference. None: not checked."""
+    if source.is_synthetic or source.origin == "path":
+        return None
+    result = manifest.check(source.dataset, table, source.root, hashes)
+    if result is None:
+        return None
+    if not result.matches:
+        log.warning("%s at %s %s", source.dataset, source.root, result.summary())
+    return result.summary()
 
 
 def counts(stage_data: StageData) -> pd.DataFrame:

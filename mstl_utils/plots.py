@@ -150,3 +150,20 @@ def mean_learning_curves(histories: pd.DataFrame, *, title: str = "") -> plt.Fig
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def colour_gallery(paths: list[str], titles: list[str], *, ncols: int = 6, title: str = "") -> plt.Figure:
+    """Files as stored (colour kept), in a grid: to show what a grey channel removes."""
+    from PIL import Image
+
+    nrows = max(1, int(np.ceil(len(paths) / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.7 * ncols, 1.8 * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, path, text in zip(axes.ravel(), paths, titles):
+        with Image.open(path) as img:
+            ax.imshow(np.asarray(img.convert("RGB")))
+        ax.set_title(text, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

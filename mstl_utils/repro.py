@@ -40,12 +40,18 @@ def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(files: Iterable[str | Path], root: str | Path) -> str:
-    """One sha256 over (path relative to ``root``, file sha256) of every file: a dataset's checksum."""
+def file_hashes(files: Iterable[str | Path], root: str | Path) -> dict[str, str]:
+    """sha256 of every file, keyed by its path relative to ``root`` (POSIX form)."""
     root = Path(root)
+    return {Path(f).relative_to(root).as_posix(): sha256_file(f) for f in files}
+
+
+def fingerprint(files: Iterable[str | Path], root: str | Path, hashes: dict[str, str] | None = None) -> str:
+    """One sha256 over (path relative to ``root``, file sha256) of every file: a dataset's checksum."""
+    hashes = hashes if hashes is not None else file_hashes(files, root)
     digest = hashlib.sha256()
-    for file in sorted(Path(f) for f in files):
-        digest.update(f"{file.relative_to(root).as_posix()}\t{sha256_file(file)}\n".encode())
+    for relative in sorted(hashes):
+        digest.update(f"{relative}\t{hashes[relative]}\n".encode())
     return digest.hexdigest()
 
 

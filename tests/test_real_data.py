@@ -56,3 +56,14 @@ def test_protocol_uses_the_committed_folds_for_the_real_data(real_data_dir):
         committed = folds.read_folds(paths.project_root() / protocol.FOLDS_FILE)
         assert used.equals(committed[committed["repeat"] < profile.cv_repeats].reset_index(drop=True))
         assert used["repeat"].nunique() == profile.cv_repeats and used["fold"].nunique() == profile.cv_folds
+
+
+def test_real_data_match_the_committed_manifests(real_data_dir):
+    from mstl_utils import manifest, repro
+
+    for dataset in ("head_ct", "chest_xray"):
+        source = data.locate(dataset, data="real", data_dir=real_data_dir, download=False)
+        table, _ = data.read_table(source)
+        hashes = repro.file_hashes(table["path"], source.root) if dataset == "head_ct" else None
+        result = manifest.check(dataset, table, source.root, hashes)
+        assert result is not None and result.matches, result and result.summary()
