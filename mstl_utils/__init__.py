@@ -10,4 +10,4 @@ Layers, bottom to top (a module imports only from layers below it):
 6. ``study``                                     the papermill driver behind ``make study``
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -21,10 +21,9 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit
-from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 
-from . import manifest, paths, repro, synthetic
+from . import decoded as decoded_mod, manifest, paths, repro, synthetic
+from .batches import TensorBatches
 from .images import IMAGE_SUFFIXES, DataFormatError, load_image, open_grey  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
@@ -374,29 +373,6 @@ def load_images(files: list[str], image_size: int, *, workers: int | None = None
     return torch.from_numpy(np.stack(arrays)).unsqueeze(1)
 
 
-class ImageTensorDataset(Dataset):
-    """Decoded uint8 images and labels; yields float images in [0, 1] (normalisation is the model's)."""
-
-    def __init__(self, images: torch.Tensor, labels: np.ndarray, *, augment: bool = False):
-        self.images = images
-        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-        # Mild geometry only: intensity is the signal in CT and X-ray.
-        self.transform = (
-            v2.Compose([v2.RandomHorizontalFlip(), v2.RandomAffine(degrees=10, translate=(0.05, 0.05), scale=(0.95, 1.05))])
-            if augment
-            else None
-        )
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int):
-        image = self.images[index]
-        if self.transform is not None:
-            image = self.transform(image)
-        return image.float().div_(255), self.labels[index]
-
-
 @dataclass
 class StageData:
     """A dataset ready for one stage: where it came from, its table and decoded images."""
@@ -408,6 +384,7 @@ class StageData:
     checksum: str  # sha256 over every file of the dataset (relative path + content)
     n_files: int
     manifest: str | None = None  # how the files compare with the committed manifest (None: not checked)
+    decoded_cache: str = "not used"  # "hit" (memory-mapped) or "built" (decoded now and cached)
 
     @property
     def num_classes(self) -> int:
@@ -417,12 +394,14 @@ class StageData:
         rows = np.flatnonzero(self.table["part"].to_numpy() == name)
         return self.images[torch.from_numpy(rows)], self.table["label"].to_numpy()[rows]
 
-    def loader(self, name: str, *, batch_size: int, augment: bool = False, generator: torch.Generator | None = None) -> DataLoader:
+    def loader(self, name: str, *, batch_size: int, augment: bool = False, generator: torch.Generator | None = None,
+               device: str | torch.device = "cpu") -> TensorBatches:
+        """Batches of one part on ``device``; ``augment`` (training) also shuffles, both drawn from ``generator``."""
         images, labels = self.part(name)
-        dataset = ImageTensorDataset(images, labels, augment=augment)
         # Training drops a ragged last batch: a batch of one breaks batch norm.
-        drop_last = augment and len(dataset) > batch_size
-        return DataLoader(dataset, batch_size=batch_size, shuffle=augment, generator=generator, drop_last=drop_last)
+        drop_last = augment and len(labels) > batch_size
+        return TensorBatches(images, labels, batch_size=batch_size, shuffle=augment, augment=augment,
+                             drop_last=drop_last, generator=generator, device=device)
 
     def describe(self) -> dict:
         """Provenance of the data: no absolute paths."""
@@ -433,6 +412,7 @@ class StageData:
             "n_files": self.n_files,
             "sha256": self.checksum,
             "manifest": self.manifest,
+            "decoded_cache": self.decoded_cache,
         }
 
 
@@ -455,11 +435,19 @@ def prepare(
     checksum = repro.fingerprint(table["path"], source.root, hashes)
     verdict = verify(source, table, hashes)
     n_files = len(table)
+    # The whole dataset is decoded once per image size and memory-mapped afterwards; the
+    # stage takes its rows from it.
+    every_file = table["path"].tolist()
+    decoded, hit = decoded_mod.load_or_decode(
+        every_file, source.root, checksum, image_size, lambda files, size: load_images(files, size)[:, 0].numpy())
+    row_of = {path: row for row, path in enumerate(every_file)}
     table = subsample(table, max_per_class, seed=seed)
     table = assign_parts(table, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed,
                          test_groups=test_groups).reset_index(drop=True)
-    images = load_images(table["path"].tolist(), image_size)
-    return StageData(source, table, class_names, images, checksum, n_files=n_files, manifest=verdict)
+    rows = np.fromiter((row_of[path] for path in table["path"]), dtype=np.int64, count=len(table))
+    images = torch.from_numpy(decoded[rows]).unsqueeze(1)  # fancy indexing copies out of the memory map
+    return StageData(source, table, class_names, images, checksum, n_files=n_files, manifest=verdict,
+                     decoded_cache="hit" if hit else "built")
 
 
 def verify(source: DataSource, table: pd.DataFrame, hashes: dict[str, str] | None = None) -> str | None:

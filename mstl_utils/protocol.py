@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import data as data_mod, folds as folds_mod, paths
 from .config import ARM_INIT, STAGE1_INIT, Profile
-from .stages import Split, StageResult, load_result, run_dir_for, run_stage
+from .stages import Split, StageResult, load_result, run_dir_for, run_stage, run_stages
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +107,12 @@ def run_protocol(
     device: str = "auto",
     force: bool = False,
     folds: pd.DataFrame | None = None,
+    workers: int | None = None,
 ) -> list[StageResult]:
     """Run (or reuse) the bridge stages and every fold of every arm; return the fold results.
 
-    ``folds`` defaults to ``head_ct_folds(profile)``."""
+    ``folds`` defaults to ``head_ct_folds(profile)``; ``workers`` fold runs train side
+    by side (``stages.run_stages``; None: ``stages.default_workers``)."""
     if folds is None:
         folds, _ = head_ct_folds(profile, data_dir=data_dir, runs_root=runs_root)
     runs = plan(profile, folds, arms=arms)
@@ -119,12 +121,9 @@ def run_protocol(
         # Complete bridges are reused even with ``force``: the stage-1 notebooks own them, and a
         # changed bridge re-runs the folds anyway (their config holds the bridge's sha256).
         run_stage(name, profile, stage="stage1", init_from=STAGE1_INIT[name], seed=seed, **common)
-    results = []
-    for index, run in enumerate(runs, 1):
-        log.info("protocol run %d/%d: %s %s", index, len(runs), run.arm, run.split.key)
-        results.append(run_stage(run.name, profile, stage="stage2", init_from=run.init_from, seed=run.seed,
-                                 split=run.split, init_seed=run.init_seed, force=force, **common))
-    return results
+    jobs = [dict(name=run.name, profile=profile, stage="stage2", init_from=run.init_from, seed=run.seed,
+                 split=run.split, init_seed=run.init_seed, force=force, **common) for run in runs]
+    return run_stages(jobs, workers=workers, device=device, description="fold runs")
 
 
 def load_protocol(profile: Profile, *, arms: tuple[str, ...] = tuple(ARM_INIT), data_dir: str | Path | None = None,

@@ -9,13 +9,21 @@ A stage starts from ``imagenet``, ``scratch`` or an earlier stage's checkpoint
         predictions.csv   test-part probabilities, one row per image
         checkpoint.pt     weights + config + provenance of the starting weights
         metrics.json      test metrics and provenance; written last, so it marks a complete run
+        resume.pt         while training: the state after the last finished epoch (removed at the end)
+
+A run that was killed continues from ``resume.pt`` when started again with the same
+settings, and ends with the same metrics as an uninterrupted run (bit for bit on
+the CPU in deterministic mode).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 import time
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from . import __version__, data as data_mod, models, paths, repro, train
 from .config import Profile, StageConfig
@@ -79,6 +88,25 @@ def _requested(profile: Profile, name: str, stage: str, init_from: str, seed: in
     return requested
 
 
+#: The per-epoch state of an unfinished run (see ``train.fit``).
+RESUME_FILE = "resume.pt"
+
+
+def _resume_state(resume_file: Path, requested: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved state of an interrupted run with the same settings, else None."""
+    if not resume_file.is_file():
+        return None
+    try:
+        state = train.load_checkpoint(resume_file)
+    except ValueError as error:
+        log.warning("%s; starting the run again", error)
+        return None
+    if state.get("requested") != requested:
+        log.info("%s: saved by a run with other settings; starting again", paths.relative(resume_file))
+        return None
+    return state
+
+
 def load_result(run_dir: str | Path) -> StageResult:
     """Read a complete run directory back."""
     run_dir = Path(run_dir)
@@ -127,11 +155,14 @@ def run_stage(
     force: bool = False,
     split: Split | None = None,
     init_seed: int | None = None,
+    progress: bool = True,
 ) -> StageResult:
     """Run (or reuse, when complete with the same settings) one stage; return its result.
 
     ``split`` fixes the test part (a cross-validation fold); ``init_seed`` picks the
-    earlier stage's run to start from when it differs from ``seed``.
+    earlier stage's run to start from when it differs from ``seed``. An interrupted
+    run with the same settings is resumed from its last finished epoch (``force``
+    starts it again). ``progress``: console progress bars over batches.
     """
     cfg = stage_config(profile, stage)
     init_seed = seed if init_seed is None else init_seed
@@ -147,6 +178,9 @@ def run_stage(
             log.info("%s: complete with the same settings, reused", paths.relative(run_dir))
             return load_result(run_dir)
     (run_dir / "metrics.json").unlink(missing_ok=True)  # incomplete until the end
+    requested = json.loads(json.dumps(requested))  # the form it takes on disk, for comparisons
+    resume_file = run_dir / RESUME_FILE
+    resume = None if force else _resume_state(resume_file, requested)
     started = repro.now()
     clock = time.perf_counter()
     if profile.num_threads:
@@ -165,12 +199,15 @@ def run_stage(
 
     history = train.fit(
         model,
-        stage_data.loader("train", batch_size=cfg.batch_size, augment=True, generator=generator),
-        stage_data.loader("val", batch_size=64),
+        stage_data.loader("train", batch_size=cfg.batch_size, augment=True, generator=generator, device=torch_device),
+        stage_data.loader("val", batch_size=64, device=torch_device),
         num_epochs=cfg.num_epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, device=torch_device,
+        precision=profile.precision, compile=profile.compile, resume=resume, progress=progress,
+        on_epoch=lambda state: train.save_checkpoint(resume_file, {"requested": requested, **state}),
     )
     train_seconds = float(history["seconds"].sum())
-    probs, labels = train.predict(model, stage_data.loader("test", batch_size=64), device=torch_device)
+    probs, labels = train.predict(model, stage_data.loader("test", batch_size=64, device=torch_device),
+                                  device=torch_device, precision=profile.precision)
     test_rows = stage_data.table[stage_data.table["part"] == "test"]
     predictions = pd.DataFrame({
         "image_id": test_rows["group"].to_numpy(),
@@ -201,11 +238,82 @@ def run_stage(
         "code": {**repro.git_version(paths.project_root()), "package_version": __version__},
         "hardware": repro.hardware(),
         "device": repro.describe_device(torch_device),
+        "precision": train.resolve_precision(profile.precision, torch_device),
+        "num_threads": torch.get_num_threads(),
+        "resumed_after_epoch": resume["epoch"] if resume else None,
         "started": started,
         "finished": repro.now(),
         "train_seconds": train_seconds,
         "wall_seconds": time.perf_counter() - clock,
     }
     _write_json(run_dir / "metrics.json", metrics)
+    resume_file.unlink(missing_ok=True)  # complete: the final checkpoint replaces the epoch state
     return load_result(run_dir)
 
+
+
+# --------------------------------------------------------------------------- several runs side by side
+
+
+def default_workers(device: str = "auto") -> int:
+    """Runs to train side by side: one per CPU core (up to 8) on the CPU, 4 on a GPU.
+
+    Small stage-2 runs (batch 8) use two cores poorly: on the 2-core CI machine two
+    one-thread runs together trained more images per second than one two-thread run
+    (the benchmark appendix has the figures). On a GPU several processes keep the card busy.
+    """
+    if repro.pick_device(device).type == "cuda":
+        return 4
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+    # One line per finished run comes from the parent; a worker only reports problems.
+    logging.basicConfig(level=logging.WARNING, format="%(processName)s: %(message)s")
+
+
+def _run_job(job: dict[str, Any]) -> str:
+    return str(run_stage(**job, progress=False).run_dir)
+
+
+def run_stages(jobs: list[dict[str, Any]], *, workers: int | None = None, device: str = "auto",
+               description: str = "runs") -> list[StageResult]:
+    """``run_stage(**job)`` for every job, ``workers`` at a time in separate processes; results in job order.
+
+    ``workers=1`` runs them one after the other in this process. With more, each worker
+    process gets an equal share of the CPU threads, and a console progress bar counts
+    finished runs. The first failure stops the rest and is raised, naming its run.
+    Jobs must not depend on each other (e.g. a bridge and the folds that start from it).
+    """
+    workers = default_workers(device) if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers={workers}; expected at least 1")
+    jobs = [{**job, "device": job.get("device", device)} for job in jobs]
+    if workers == 1 or len(jobs) <= 1:
+        return [run_stage(**job) for job in tqdm(jobs, desc=description, disable=None if len(jobs) > 1 else True)]
+    workers = min(workers, len(jobs))
+    threads = max(1, torch.get_num_threads() // workers)
+    log.info("%d %s, %d at a time (%d CPU thread(s) each)", len(jobs), description, workers, threads)
+    # spawn, not fork: forking a process that already runs torch threads can deadlock.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
+        futures = {pool.submit(_run_job, job): job for job in jobs}
+        with tqdm(total=len(jobs), desc=description, disable=None) as bar:
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    job = futures[future]
+                    error = future.exception()
+                    if error is not None:
+                        for other in pending:
+                            other.cancel()
+                        where = run_dir_for(job["profile"], job["name"], job.get("seed", 0), job.get("runs_root"),
+                                            job.get("split")).relative_to(paths.runs_dir(job.get("runs_root")))
+                        raise RuntimeError(f"run {where.as_posix()} failed: {type(error).__name__}: {error}") from error
+                    bar.update()
+                    log.info("%s %s done (%d/%d)", job["name"], job["split"].key if job.get("split") else
+                             f"seed{job.get('seed', 0)}", bar.n, len(jobs))
+    return [load_result(run_dir_for(job["profile"], job["name"], job.get("seed", 0), job.get("runs_root"),
+                                    job.get("split"))) for job in jobs]

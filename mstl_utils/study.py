@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+import pandas as pd
+from tqdm import tqdm
 
-from . import paths, results
+from . import paths, repro, results
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ def execute(
     output_dir: str | Path = "book",
     results_dir: str | Path = "book/results",
     force: bool = False,
+    workers: int | None = None,
     root: Path | None = None,
 ) -> Path:
     """Execute one step with papermill; return the executed notebook's path."""
@@ -85,8 +88,9 @@ def execute(
     output = Path(output_dir) / step.output
     output.parent.mkdir(parents=True, exist_ok=True)
     nb = nbformat.read(source, as_version=4)
-    accepted = {"profile", "data", "results_dir", "force", "init_from", "data_dir"}
-    params = {"profile": profile, "data": data, "results_dir": str(results_dir), "force": force, **step.parameters}
+    accepted = {"profile", "data", "results_dir", "force", "init_from", "data_dir", "workers"}
+    params = {"profile": profile, "data": data, "results_dir": str(results_dir), "force": force, "workers": workers,
+              **step.parameters}
     declared = "".join(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     params = {k: v for k, v in params.items() if k in accepted and re.search(rf"^{k}\s*=", declared, re.M)}
     start = time.perf_counter()
@@ -114,11 +118,22 @@ def write_status(sources_synthetic: bool, output_dir: str | Path) -> Path:
     return path
 
 
+#: Columns of ``study_time.csv``: the wall time of each executed notebook (the benchmark appendix reads it).
+TIME_COLUMNS = ["step", "notebook", "seconds", "profile", "force", "workers", "finished"]
+
+
 def run(profile: str, *, data: str | None = None, output_dir: str | Path = "book",
-        results_dir: str | Path = "book/results", force: bool = False) -> list[Path]:
-    """Execute every step in order; return the executed notebooks."""
-    outputs = [execute(step, profile=profile, data=data, output_dir=output_dir, results_dir=results_dir, force=force)
-               for step in STEPS]
+        results_dir: str | Path = "book/results", force: bool = False, workers: int | None = None) -> list[Path]:
+    """Execute every step in order; return the executed notebooks. Writes ``study_time.csv``."""
+    outputs, times = [], []
+    for step in tqdm(STEPS, desc="study", unit="notebook", disable=None):
+        start = time.perf_counter()
+        outputs.append(execute(step, profile=profile, data=data, output_dir=output_dir, results_dir=results_dir,
+                               force=force, workers=workers))
+        times.append({"step": len(times) + 1, "notebook": step.output, "seconds": time.perf_counter() - start,
+                      "profile": profile, "force": force, "workers": "auto" if workers is None else workers,
+                      "finished": repro.now()})
+    results.save_table(pd.DataFrame(times, columns=TIME_COLUMNS), "study_time.csv", results_dir)
     prov = json.loads((Path(results_dir) / "provenance.json").read_text())
     write_status(prov["synthetic"], output_dir)
     if prov["synthetic"]:
@@ -134,12 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="book", help="folder for executed notebooks (default: book)")
     parser.add_argument("--results", default=None, help="folder for result tables (default: <output>/results)")
     parser.add_argument("--force", action="store_true", help="re-run stages even when complete")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="runs trained side by side (default: one per CPU core, 4 on a GPU)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()
     try:
         run(args.profile, data=args.data, output_dir=args.output,
-            results_dir=args.results or os.path.join(args.output, "results"), force=args.force)
+            results_dir=args.results or os.path.join(args.output, "results"), force=args.force, workers=args.workers)
     except NotebookFailed as error:
         print(f"study stopped: {error}", file=sys.stderr)
         return 1

@@ -1,9 +1,10 @@
-"""The training loop: Adam, per-epoch history, evaluation and atomic checkpoints."""
+"""The training loop: Adam, per-epoch history and resumable state, evaluation, atomic checkpoints."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,29 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from tqdm import tqdm  # the console bar; disable=None hides it off a terminal (notebooks)
 
 from .repro import atomic_write  # re-exported: checkpoints and results share one mechanism
 
 log = logging.getLogger(__name__)
+
+
+#: Numeric precisions of the training step. "auto": bf16 autocast on a GPU, fp32 on
+#: the CPU, where bf16 autocast measured slower on the project's CI machine (the
+#: benchmark appendix has the figures).
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}; expected one of {PRECISIONS}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def _autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -25,23 +44,31 @@ def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def run_epoch(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Iterable,
     *,
     device: torch.device,
     optimizer: torch.optim.Optimizer | None = None,
+    precision: str = "fp32",
+    progress: str | None = None,
 ) -> tuple[float, float]:
-    """One pass over ``loader``; trains when an optimizer is given. Returns (mean loss, accuracy)."""
+    """One pass over ``loader``; trains when an optimizer is given. Returns (mean loss, accuracy).
+
+    ``progress``: a description for a console progress bar over the batches (shown
+    only on a terminal, never in notebook outputs); None for no bar.
+    """
     training = optimizer is not None
     model.train(training)
     criterion = nn.CrossEntropyLoss(reduction="sum")
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
+    batches = tqdm(loader, desc=progress, leave=False, disable=None) if progress else loader
     with torch.set_grad_enabled(training):
-        for images, labels in loader:
+        for images, labels in batches:
             images, labels = _to_device(images, device), labels.to(device, non_blocking=True)
-            logits = model(images)
-            loss = criterion(logits, labels)
+            with _autocast(device, precision):
+                logits = model(images)
+                loss = criterion(logits.float(), labels)
             if training:
                 optimizer.zero_grad(set_to_none=True)
                 (loss / len(labels)).backward()
@@ -55,25 +82,63 @@ def run_epoch(
     return total_loss.item() / seen, correct.item() / seen
 
 
+def rng_state(generator: torch.Generator | None, device: torch.device) -> dict[str, Any]:
+    """Every random state a training epoch draws from: the data generator, torch's CPU and CUDA RNGs."""
+    state = {"torch": torch.get_rng_state(), "generator": generator.get_state() if generator is not None else None}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator | None, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if generator is not None and state.get("generator") is not None:
+        generator.set_state(state["generator"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 def fit(
     model: nn.Module,
-    train_loader: DataLoader,
-    val_loader: DataLoader | None,
+    train_loader: Iterable,
+    val_loader: Iterable | None,
     *,
     num_epochs: int,
     lr: float,
     weight_decay: float = 0.0,
     device: torch.device,
+    precision: str = "auto",
+    compile: bool = False,
+    resume: dict[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Train with Adam for ``num_epochs``; return the per-epoch history
-    (epoch, train_loss, train_accuracy, val_loss, val_accuracy, seconds)."""
+    (epoch, train_loss, train_accuracy, val_loss, val_accuracy, seconds).
+
+    After each epoch ``on_epoch(state)`` receives everything needed to continue
+    (model and optimizer state, history, random states); passing such a state back as
+    ``resume`` continues after its epoch exactly as an uninterrupted run would.
+    ``train_loader.generator`` (if any) is the data-order/augmentation generator.
+    """
     model.to(device).to(memory_format=torch.channels_last)
+    precision = resolve_precision(precision, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    rows = []
-    for epoch in range(1, num_epochs + 1):
+    generator = getattr(train_loader, "generator", None)
+    rows: list[dict[str, Any]] = []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        rows = list(resume["history"])
+        set_rng_state(resume["rng"], generator, device)
+        log.info("resumed after epoch %d/%d", resume["epoch"], num_epochs)
+    step_model = torch.compile(model) if compile else model
+    for epoch in range(len(rows) + 1, num_epochs + 1):
         start = time.perf_counter()
-        train_loss, train_acc = run_epoch(model, train_loader, device=device, optimizer=optimizer)
-        val_loss, val_acc = run_epoch(model, val_loader, device=device) if val_loader is not None else (float("nan"),) * 2
+        train_loss, train_acc = run_epoch(step_model, train_loader, device=device, optimizer=optimizer,
+                                          precision=precision, progress=f"epoch {epoch}/{num_epochs}" if progress else None)
+        val_loss, val_acc = (run_epoch(step_model, val_loader, device=device, precision=precision)
+                             if val_loader is not None else (float("nan"),) * 2)
         seconds = time.perf_counter() - start
         rows.append(
             {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
@@ -81,17 +146,24 @@ def fit(
         )
         log.info("epoch %d/%d  train loss %.4f acc %.3f  val loss %.4f acc %.3f  (%.0f s)",
                  epoch, num_epochs, train_loss, train_acc, val_loss, val_acc, seconds)
+        if on_epoch is not None:
+            on_epoch({"epoch": epoch, "history": list(rows), "model": model.state_dict(),
+                      "optimizer": optimizer.state_dict(), "rng": rng_state(generator, device)})
     return pd.DataFrame(rows)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, *, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def predict(model: nn.Module, loader: Iterable, *, device: torch.device,
+            precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities ``[N, C]`` and true labels ``[N]`` for every image of ``loader``, in order."""
     model.to(device).eval()
+    precision = resolve_precision(precision, device)
     probs, labels = [], []
     for images, y in loader:
-        probs.append(torch.softmax(model(_to_device(images, device)).float(), dim=1).cpu())
-        labels.append(y)
+        with _autocast(device, precision):
+            logits = model(_to_device(images, device))
+        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        labels.append(y.cpu())
     return torch.cat(probs).numpy(), torch.cat(labels).numpy()
 
 

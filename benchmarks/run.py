@@ -1,0 +1,39 @@
+"""Training throughput benchmark: ``make benchmark`` or ``python benchmarks/run.py --profile quick``.
+
+Writes ``book/results/benchmark.csv`` (see ``mstl_utils.benchmark``); the book's
+benchmark appendix shows it with the hardware. Run it on an otherwise idle machine:
+anything else running changes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from mstl_utils import benchmark, config, results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="quick", help="whose model, batch and image size (default: quick)")
+    parser.add_argument("--data", default=None, choices=["auto", "real", "synthetic"], help="override the data mode")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--steps", type=int, default=40, help="timed training steps per measurement (default: 40)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
+    parser.add_argument("--results", default="book/results", help="folder of benchmark.csv (default: book/results)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    profile = config.get_profile(args.profile, **({"data": args.data} if args.data else {}))
+    start = time.perf_counter()
+    table = benchmark.run(profile, device=args.device, steps=args.steps, compile=not args.no_compile)
+    path = results.save_table(table, "benchmark.csv", args.results)
+    ratios = benchmark.summary(table)
+    print(f"{path}: pipeline/ceiling {ratios['pipeline_over_ceiling']:.2f}, pipeline/plain "
+          f"{ratios['pipeline_over_plain']:.2f} ({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
