@@ -21,13 +21,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, choices=["auto", "real", "synthetic"], help="override the data mode")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--steps", type=int, default=40, help="timed training steps per measurement (default: 40)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the headline measurements")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
     parser.add_argument("--results", default="book/results", help="folder of benchmark.csv (default: book/results)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     profile = config.get_profile(args.profile, **({"data": args.data} if args.data else {}))
     start = time.perf_counter()
-    table = benchmark.run(profile, device=args.device, steps=args.steps, compile=not args.no_compile)
+    table = benchmark.run(profile, device=args.device, steps=args.steps, compile=not args.no_compile,
+                          repeats=args.repeats)
     path = results.save_table(table, "benchmark.csv", args.results)
     ratios = benchmark.summary(table)
     print(f"{path}: pipeline/ceiling {ratios['pipeline_over_ceiling']:.2f}, pipeline/plain "

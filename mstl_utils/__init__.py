@@ -2,11 +2,15 @@
 
 Layers, bottom to top (a module imports only from layers below it):
 
-1. ``config``, ``paths``, ``repro``, ``metrics``, ``statistics``, ``folds``  settings, locations, provenance, metric and test maths, CV folds
-2. ``data``, ``synthetic``, ``models``           datasets, splits, loaders; the model registry
-3. ``train``                                     the training loop, evaluation, atomic checkpoints
-4. ``stages``                                    one transfer stage as a run directory
-5. ``plots``, ``results``                        figures and book tables (never import training)
+1. ``config``, ``paths``, ``repro``, ``metrics``, ``statistics``, ``folds``, ``images``, ``batches``
+                                                 settings, locations, provenance, metric and test maths, CV folds,
+                                                 decoding one file, batches with on-device augmentation
+2. ``decoded``, ``data``, ``synthetic``, ``manifest``, ``models``, ``audit``
+                                                 the decoded-image cache, datasets and splits, the model registry
+3. ``train``                                     the training loop (resumable), evaluation, atomic checkpoints
+4. ``stages``, ``protocol``, ``benchmark``       run directories (one at a time or side by side), the CV protocol,
+                                                 throughput measurements
+5. ``analysis``, ``plots``, ``results``          statistics of the arms, figures, book tables (never import training)
 6. ``study``                                     the papermill driver behind ``make study``
 """
 

@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 
 #: Columns of ``benchmark.csv`` (the results contract of the benchmark appendix).
 COLUMNS = ["measurement", "variant", "device", "model", "image_size", "batch_size", "precision", "channels_last",
-           "processes", "threads", "images", "seconds", "img_per_s", "ratio", "ratio_to", "data", "cpu", "gpu",
-           "torch", "finished"]
+           "processes", "threads", "repeats", "images", "seconds", "img_per_s", "spread", "ratio", "ratio_to", "data",
+           "cpu", "gpu", "torch", "finished"]
 
 
 @dataclass(frozen=True)
@@ -190,8 +190,12 @@ def decode_times(stage_data: data_mod.StageData, image_size: int) -> dict[str, f
 
 
 def run(profile: Profile, *, device: str = "auto", data_dir: str | Path | None = None, steps: int = 40,
-        compile: bool = True, plain_workers: int | None = None) -> pd.DataFrame:
-    """Every measurement for ``profile``'s model, batch and image size; one row each (``COLUMNS``)."""
+        compile: bool = True, plain_workers: int | None = None, repeats: int = 3) -> pd.DataFrame:
+    """Every measurement for ``profile``'s model, batch and image size; one row each (``COLUMNS``).
+
+    The three headline measurements (ceiling, pipeline, plain) are taken ``repeats``
+    times, interleaved, and report the median speed and the spread ((max - min) / median):
+    on a shared or throttling machine one measurement can be 10 % off the next."""
     settings = Settings.from_profile(profile, steps=steps, compile=compile)
     torch_device = repro.pick_device(device)
     precision = train.resolve_precision(profile.precision, torch_device)
@@ -205,17 +209,33 @@ def run(profile: Profile, *, device: str = "auto", data_dir: str | Path | None =
 
     def add(measurement, variant, images, seconds, *, precision_=precision, channels_last=True, processes=1,
             threads_=threads, batch=settings.batch_size, ratio_to=""):
+        images, seconds = np.atleast_1d(images), np.atleast_1d(seconds)
+        speeds = images / seconds
+        median = float(np.median(speeds))
         rows.append({"measurement": measurement, "variant": variant, "device": torch_device.type, "model": settings.model,
                      "image_size": settings.image_size, "batch_size": batch, "precision": precision_,
-                     "channels_last": channels_last, "processes": processes, "threads": threads_, "images": images,
-                     "seconds": seconds, "img_per_s": images / seconds if seconds else float("nan"),
+                     "channels_last": channels_last, "processes": processes, "threads": threads_,
+                     "repeats": len(speeds), "images": int(images.sum()), "seconds": float(seconds.sum()),
+                     "img_per_s": median, "spread": float((speeds.max() - speeds.min()) / median),
                      "ratio": float("nan"), "ratio_to": ratio_to, "data": stage_data.source.kind,
-                     "cpu": f"{hardware['processor']} ({hardware['cpu_count']} cores)", "gpu": device_text if torch_device.type == "cuda" else "",
+                     "cpu": f"{hardware['processor']} ({hardware['cpu_count']} cores)",
+                     "gpu": device_text if torch_device.type == "cuda" else "",
                      "torch": torch.__version__, "finished": repro.now()})
-        log.info("%-10s %-34s %8.1f img/s", measurement, variant, rows[-1]["img_per_s"])
+        log.info("%-12s %-50s %8.1f img/s", measurement, variant, median)
 
-    images, seconds, _ = ceiling(settings, torch_device, precision=precision, channels_last=True)
-    add("ceiling", f"in-memory batch, {precision}, channels_last", images, seconds)
+    workers = cores if plain_workers is None else plain_workers
+    headline = {"ceiling": [], "pipeline": [], "plain": []}
+    for _ in range(repeats):  # interleaved, so that a slow phase of the machine hits all three alike
+        headline["ceiling"].append(ceiling(settings, torch_device, precision=precision, channels_last=True)[:2])
+        headline["pipeline"].append(pipeline(settings, stage_data, torch_device, precision=precision))
+        headline["plain"].append(plain(settings, stage_data.source.root / "train", torch_device, workers=workers))
+    (a_images, a_seconds), (b_images, b_seconds), (c_images, c_seconds) = (
+        zip(*headline[name]) for name in ("ceiling", "pipeline", "plain"))
+    add("ceiling", f"in-memory batch, {precision}, channels_last", a_images, a_seconds)
+    add("pipeline", "decoded-image cache + on-device augmentation", b_images, b_seconds, ratio_to="ceiling")
+    add("plain", f"ImageFolder + PIL + DataLoader({workers} workers), fp32", c_images, c_seconds, precision_="fp32",
+        channels_last=False, ratio_to="pipeline")
+
     images, seconds, _ = ceiling(settings, torch_device, precision=precision, channels_last=False)
     add("ceiling", f"in-memory batch, {precision}, contiguous", images, seconds, channels_last=False,
         ratio_to="ceiling")
@@ -228,21 +248,15 @@ def run(profile: Profile, *, device: str = "auto", data_dir: str | Path | None =
         add("ceiling", f"in-memory batch, {precision}, channels_last, torch.compile "
             f"(compiling took {compile_seconds:.0f} s)", images, seconds, ratio_to="ceiling")
 
-    images, seconds = pipeline(settings, stage_data, torch_device, precision=precision)
-    add("pipeline", "decoded-image cache + on-device augmentation", images, seconds, ratio_to="ceiling")
-    workers = cores if plain_workers is None else plain_workers
-    train_folder = stage_data.source.root / "train"
-    images, seconds = plain(settings, train_folder, torch_device, workers=workers)
-    add("plain", f"ImageFolder + PIL + DataLoader({workers} workers), fp32", images, seconds, precision_="fp32",
-        channels_last=False, ratio_to="pipeline")
-
     if torch_device.type == "cpu" and cores > 1:
-        images, seconds, _ = ceiling(settings, torch_device, precision=precision, channels_last=True,
-                                     batch_size=settings.small_batch_size)
-        add("side_by_side", f"1 run x {threads} threads", images, seconds, batch=settings.small_batch_size)
-        images, seconds = side_by_side(settings, torch_device, processes=cores, threads=max(1, threads // cores),
-                                       precision=precision)
-        add("side_by_side", f"{cores} runs x {max(1, threads // cores)} thread(s)", images, seconds,
+        alone, together = [], []
+        for _ in range(repeats):
+            alone.append(ceiling(settings, torch_device, precision=precision, channels_last=True,
+                                 batch_size=settings.small_batch_size)[:2])
+            together.append(side_by_side(settings, torch_device, processes=cores, threads=max(1, threads // cores),
+                                         precision=precision))
+        add("side_by_side", f"1 run x {threads} threads", *zip(*alone), batch=settings.small_batch_size)
+        add("side_by_side", f"{cores} runs x {max(1, threads // cores)} thread(s)", *zip(*together),
             processes=cores, threads_=max(1, threads // cores), batch=settings.small_batch_size,
             ratio_to="side_by_side")
     elif torch_device.type == "cuda":
@@ -272,3 +286,92 @@ def summary(table: pd.DataFrame) -> dict[str, float]:
     first = table.groupby("measurement")["img_per_s"].first()
     return {"pipeline_over_ceiling": first["pipeline"] / first["ceiling"],
             "pipeline_over_plain": first["pipeline"] / first["plain"]}
+
+
+#: The engine's targets (issue 6): what each compares, and the bound.
+TARGET_PIPELINE_OVER_CEILING = 0.95
+TARGET_PIPELINE_OVER_PLAIN_GPU = 2.0
+TARGET_QUICK_MINUTES_CPU = 20.0
+TARGET_PAPER_MINUTES_GPU = 10.0
+
+
+def targets(table: pd.DataFrame, study_times: pd.DataFrame | None) -> pd.DataFrame:
+    """Each target, what was measured against it and whether it was met ("yes", "no", "not measured").
+
+    ``study_times`` is ``study_time.csv`` of the study that built the book (None when absent);
+    its wall time counts only when every stage was run (``force``), not reused.
+    """
+    ratios = summary(table)
+    device = table["device"].iloc[0]
+    rows = [{"target": f"pipeline >= {TARGET_PIPELINE_OVER_CEILING:.0%} of the pure-compute ceiling",
+             "measured": f"{ratios['pipeline_over_ceiling']:.1%} ({device})",
+             "met": "yes" if ratios["pipeline_over_ceiling"] >= TARGET_PIPELINE_OVER_CEILING else "no"}]
+    gpu = device == "cuda"
+    rows.append({"target": f"pipeline >= {TARGET_PIPELINE_OVER_PLAIN_GPU:g}x the plain ImageFolder loop on a GPU",
+                 "measured": f"{ratios['pipeline_over_plain']:.2f}x ({device})",
+                 "met": ("yes" if ratios["pipeline_over_plain"] >= TARGET_PIPELINE_OVER_PLAIN_GPU else "no")
+                 if gpu else "not measured (no GPU)"})
+    full = None
+    if study_times is not None and len(study_times) and bool(study_times["force"].all()):
+        full = (study_times["profile"].iloc[0], study_times["seconds"].sum() / 60)
+    for profile, bound, where in (("quick", TARGET_QUICK_MINUTES_CPU, "on 2 CPU cores"),
+                                  ("paper", TARGET_PAPER_MINUTES_GPU, "on one H100-class GPU")):
+        measured = full is not None and full[0] == profile and (gpu if profile == "paper" else True)
+        rows.append({"target": f"{profile} profile <= {bound:g} min {where}",
+                     "measured": f"{full[1]:.1f} min" if measured else "no full run of this profile here",
+                     "met": ("yes" if full[1] <= bound else "no") if measured else "not measured"})
+    return pd.DataFrame(rows, columns=["target", "measured", "met"])
+
+
+def _row(table: pd.DataFrame, measurement: str, contains: str) -> pd.Series | None:
+    rows = table[(table["measurement"] == measurement) & table["variant"].str.contains(contains, regex=False)]
+    return rows.iloc[0] if len(rows) else None
+
+
+def findings(table: pd.DataFrame) -> list[str]:
+    """Sentences that read the variants of a benchmark table, each from its own numbers."""
+    out = []
+    contiguous = _row(table, "ceiling", "contiguous")
+    if contiguous is not None:
+        out.append(f"With the default contiguous memory layout the ceiling falls to {contiguous.ratio:.2f} times its "
+                   "channels_last speed, which is why every run converts its model and batches to channels_last.")
+    bf16 = _row(table, "ceiling", "bf16") if table["precision"].iloc[0] == "fp32" else _row(table, "ceiling", "fp32")
+    if bf16 is not None:
+        faster = bf16.ratio > 1
+        out.append(f"{bf16.precision} autocast runs at {bf16.ratio:.2f} times the {table['precision'].iloc[0]} ceiling "
+                   f"on this {table['device'].iloc[0].upper()}, so `precision=\"auto\"` "
+                   f"{'should prefer it here' if faster else 'rightly keeps ' + table['precision'].iloc[0] + ' here'}.")
+    compiled = _row(table, "ceiling", "torch.compile")
+    if compiled is not None:
+        out.append(f"`torch.compile` trains at {compiled.ratio:.2f} times the ceiling after compiling "
+                   f"({compiled.variant.split('(')[-1].rstrip(')')}); it is off by default (`compile=False`) "
+                   f"{'because' if compiled.ratio < 1 else 'although it is faster, because'} a short stage-2 run "
+                   "would spend more time compiling than training.")
+    together = table[(table["measurement"] == "side_by_side") & (table["processes"] > 1)]
+    if len(together):
+        row = together.iloc[0]
+        out.append(f"Small runs (batch {row.batch_size}) side by side, {row.variant}, train {row.ratio:.2f} times as "
+                   "many images per second as one run alone"
+                   + (", so the study trains independent runs (seeds, folds) in parallel processes."
+                      if row.ratio > 1 else "; running them side by side does not pay here."))
+    decode, cache = _row(table, "decoding", "decode"), _row(table, "decoding", "cache")
+    if decode is not None and cache is not None:
+        out.append(f"Decoding the {decode.images} files of the chest X-ray set takes {decode.seconds:.1f} s; reading them back "
+                   f"from the decoded-image cache takes {cache.seconds:.2f} s, and the plain loop pays the decoding "
+                   "in every epoch.")
+    return out
+
+
+def read(path: str | Path) -> pd.DataFrame:
+    """``benchmark.csv`` read back, empty text fields as "" (not NaN)."""
+    path = Path(path)
+    try:
+        table = pd.read_csv(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no benchmark results; run `make benchmark` first") from None
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: not a benchmark table; columns {missing} are missing (expected {COLUMNS})")
+    text = ["variant", "ratio_to", "data", "cpu", "gpu"]
+    table[text] = table[text].fillna("")
+    return table

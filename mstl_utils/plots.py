@@ -167,3 +167,18 @@ def colour_gallery(paths: list[str], titles: list[str], *, ncols: int = 6, title
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def throughput(table: pd.DataFrame, *, title: str = "") -> plt.Figure:
+    """Images per second of each benchmark row (``benchmark.csv``), one colour per measurement."""
+    rows = table[table["measurement"] != "decoding"]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
+    sns.barplot(data=rows, y="variant", x="img_per_s", hue="measurement", dodge=False, palette="colorblind", ax=ax)
+    for bar, value in zip(ax.patches, rows["img_per_s"]):
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:.0f}", va="center", fontsize=8)
+    ax.set_xlabel("training images per second")
+    ax.set_ylabel("")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -255,16 +255,18 @@ def run_stage(
 # --------------------------------------------------------------------------- several runs side by side
 
 
-def default_workers(device: str = "auto") -> int:
-    """Runs to train side by side: one per CPU core (up to 8) on the CPU, 4 on a GPU.
+def default_workers(n_jobs: int, device: str = "auto") -> int:
+    """Runs to train side by side: one per CPU core (up to 8) on the CPU, 4 on a GPU, but
+    only for many runs (at least 4 per worker); fewer run one at a time with every thread.
 
     Small stage-2 runs (batch 8) use two cores poorly: on the 2-core CI machine two
     one-thread runs together trained more images per second than one two-thread run
-    (the benchmark appendix has the figures). On a GPU several processes keep the card busy.
+    (the benchmark appendix has the figures). With few runs the last round would
+    leave cores idle (3 seeds on 2 workers: the third runs alone on one thread), which
+    costs more than side by side gains.
     """
-    if repro.pick_device(device).type == "cuda":
-        return 4
-    return max(1, min(8, os.cpu_count() or 1))
+    workers = 4 if repro.pick_device(device).type == "cuda" else max(1, min(8, os.cpu_count() or 1))
+    return workers if n_jobs >= 4 * workers else 1
 
 
 def _worker_init(threads: int) -> None:
@@ -281,12 +283,13 @@ def run_stages(jobs: list[dict[str, Any]], *, workers: int | None = None, device
                description: str = "runs") -> list[StageResult]:
     """``run_stage(**job)`` for every job, ``workers`` at a time in separate processes; results in job order.
 
+    ``workers=None`` picks ``default_workers(len(jobs), device)``.
     ``workers=1`` runs them one after the other in this process. With more, each worker
     process gets an equal share of the CPU threads, and a console progress bar counts
     finished runs. The first failure stops the rest and is raised, naming its run.
     Jobs must not depend on each other (e.g. a bridge and the folds that start from it).
     """
-    workers = default_workers(device) if workers is None else workers
+    workers = default_workers(len(jobs), device) if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers={workers}; expected at least 1")
     jobs = [{**job, "device": job.get("device", device)} for job in jobs]

@@ -221,3 +221,9 @@ def test_a_failing_run_among_several_names_its_run(profile):
             for seed in (0, 1)]
     with pytest.raises(RuntimeError, match=r"stage2_multistage/seed\d.*checkpoint not found"):
         stages.run_stages(jobs, workers=2)
+
+
+def test_side_by_side_only_for_many_runs(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert stages.default_workers(3, "cpu") == 1  # 3 seeds: a third round on one thread would cost more
+    assert stages.default_workers(60, "cpu") == 2  # 60 folds: one run per core

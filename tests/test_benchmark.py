@@ -1,0 +1,47 @@
+"""The benchmark's ratios, targets and findings, on constructed tables (the measuring runs in the smoke study)."""
+
+import pandas as pd
+
+from mstl_utils import benchmark
+
+
+def _table(device="cpu", pipeline=95.0, plain=40.0, side_by_side=120.0):
+    rows = [
+        ("ceiling", "in-memory batch, fp32, channels_last", 100.0, "fp32", 1, ""),
+        ("ceiling", "in-memory batch, fp32, contiguous", 70.0, "fp32", 1, "ceiling"),
+        ("ceiling", "in-memory batch, bf16, channels_last", 80.0, "bf16", 1, "ceiling"),
+        ("pipeline", "decoded-image cache + on-device augmentation", pipeline, "fp32", 1, "ceiling"),
+        ("plain", "ImageFolder + PIL + DataLoader(2 workers), fp32", plain, "fp32", 1, "pipeline"),
+        ("side_by_side", "1 run x 2 threads", 90.0, "fp32", 1, ""),
+        ("side_by_side", "2 runs x 1 thread(s)", side_by_side, "fp32", 2, "side_by_side"),
+        ("decoding", "decode 100 files with PIL", 50.0, "fp32", 1, ""),
+        ("decoding", "read 100 images from the decoded-image cache", 5000.0, "fp32", 1, "decoding"),
+    ]
+    table = pd.DataFrame([{"measurement": m, "variant": v, "img_per_s": s, "precision": p, "processes": n,
+                           "ratio_to": r, "device": device, "batch_size": 8, "images": 100, "seconds": 100 / s, "repeats": 1, "spread": 0.0}
+                          for m, v, s, p, n, r in rows])
+    return benchmark.with_ratios(table.reindex(columns=benchmark.COLUMNS))
+
+
+def test_ratios_compare_with_the_first_row_of_the_named_measurement():
+    table = _table()
+    assert table.loc[1, "ratio"] == 0.7 and table.loc[3, "ratio"] == 0.95
+    assert table.loc[4, "ratio"] == 40 / 95 and pd.isna(table.loc[0, "ratio"])
+    assert benchmark.summary(table) == {"pipeline_over_ceiling": 0.95, "pipeline_over_plain": 95 / 40}
+
+
+def test_targets_are_met_missed_or_not_measured_from_the_numbers():
+    times = pd.DataFrame({"profile": ["quick"] * 2, "seconds": [600.0, 700.0], "force": [True, True]})
+    met = benchmark.targets(_table(), times).set_index("target")["met"]
+    assert list(met) == ["yes", "not measured (no GPU)", "no", "not measured"]  # 21.7 min > 20
+    reused = times.assign(force=False)
+    assert benchmark.targets(_table(pipeline=90.0), reused)["met"].tolist() == [
+        "no", "not measured (no GPU)", "not measured", "not measured"]
+    gpu = benchmark.targets(_table(device="cuda", plain=40.0), None)["met"].tolist()
+    assert gpu[1] == "yes"
+
+
+def test_findings_follow_the_numbers():
+    text = " ".join(benchmark.findings(_table()))
+    assert "0.70 times" in text and "rightly keeps fp32" in text and "in parallel processes" in text
+    assert "does not pay" in " ".join(benchmark.findings(_table(side_by_side=60.0)))
