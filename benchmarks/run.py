@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="quick", help="whose model, batch and image size (default: quick)")
     parser.add_argument("--data", default=None, choices=["auto", "real", "synthetic"], help="override the data mode")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--steps", type=int, default=40, help="timed training steps per measurement (default: 40)")
+    parser.add_argument("--steps", type=int, default=60, help="timed training steps per measurement (default: 60)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the headline measurements")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
     parser.add_argument("--results", default="book/results", help="folder of benchmark.csv (default: book/results)")

@@ -23,27 +23,36 @@ MAX_SHIFT = 0.05  # translation up to 5 % of the side
 MAX_ZOOM = 0.05  # scale in [0.95, 1.05]
 
 
-def random_affine(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Flip (p = 0.5), rotate, shift and zoom each image of a float ``[N, C, H, W]`` batch independently.
-
-    The parameters are drawn on the CPU from ``generator`` (so they do not depend on
-    the device) and applied on the batch's device; outside pixels are black.
-    """
-    n = images.shape[0]
-    u = torch.rand(n, 5, generator=generator, dtype=torch.float64)
-    flip = torch.where(u[:, 0] < 0.5, -1.0, 1.0)
+def affine_matrices(u: torch.Tensor) -> torch.Tensor:
+    """``[N, 2, 3]`` affine matrices from ``[N, 5]`` uniform numbers: flip (p = 0.5), rotation, shift, zoom."""
+    flip = torch.where(u[:, 0] < 0.5, -1.0, 1.0).to(u.dtype)
     angle = (2 * u[:, 1] - 1) * math.radians(MAX_DEGREES)
     # affine_grid works in [-1, 1] coordinates: a shift of f of the side is 2f there.
     shift = (2 * u[:, 2:4] - 1) * 2 * MAX_SHIFT
     scale = 1 + (2 * u[:, 4] - 1) * MAX_ZOOM
     # The matrix maps output coordinates to input ones, hence 1/scale.
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([
+    return torch.stack([
         torch.stack([flip * cos, -sin, shift[:, 0]], 1),
         torch.stack([flip * sin, cos, shift[:, 1]], 1),
-    ], 1).to(device=images.device, dtype=images.dtype)
+    ], 1)
+
+
+def apply_affine(images: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+    """Warp each image of a float ``[N, C, H, W]`` batch by its matrix; outside pixels are black."""
+    theta = matrices.to(device=images.device, dtype=images.dtype)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_affine(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Flip, rotate, shift and zoom each image of a float ``[N, C, H, W]`` batch independently.
+
+    The parameters are drawn on the CPU from ``generator`` (so they do not depend on
+    the device) and applied on the batch's device.
+    """
+    u = torch.rand(images.shape[0], 5, generator=generator, dtype=torch.float64)
+    return apply_affine(images, affine_matrices(u))
 
 
 class TensorBatches:
@@ -84,9 +93,15 @@ class TensorBatches:
         n = len(self.labels)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         order = order.to(self.device)
+        if self.augment:
+            # The whole pass's augmentation drawn at once (the same numbers, in the same order, as
+            # batch by batch) and copied to the device once: no host-device copy, hence no
+            # synchronisation, inside the step loop.
+            u = torch.rand(self.num_images, 5, generator=self.generator, dtype=torch.float64)
+            matrices = affine_matrices(u).to(self.device)
         for batch in range(len(self)):
-            index = order[batch * self.batch_size:(batch + 1) * self.batch_size]
-            images = self.images[index].float().div_(255)
+            rows = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
+            images = self.images[order[rows]].float().div_(255)
             if self.augment:
-                images = random_affine(images, self.generator)
-            yield images, self.labels[index]
+                images = apply_affine(images, matrices[rows])
+            yield images, self.labels[order[rows]]

@@ -225,10 +225,17 @@ def run(profile: Profile, *, device: str = "auto", data_dir: str | Path | None =
 
     workers = cores if plain_workers is None else plain_workers
     headline = {"ceiling": [], "pipeline": [], "plain": []}
-    for _ in range(repeats):  # interleaved, so that a slow phase of the machine hits all three alike
-        headline["ceiling"].append(ceiling(settings, torch_device, precision=precision, channels_last=True)[:2])
-        headline["pipeline"].append(pipeline(settings, stage_data, torch_device, precision=precision))
-        headline["plain"].append(plain(settings, stage_data.source.root / "train", torch_device, workers=workers))
+    measure = {
+        "ceiling": lambda: ceiling(settings, torch_device, precision=precision, channels_last=True)[:2],
+        "pipeline": lambda: pipeline(settings, stage_data, torch_device, precision=precision),
+        "plain": lambda: plain(settings, stage_data.source.root / "train", torch_device, workers=workers),
+    }
+    order = list(measure)
+    for round_ in range(repeats):
+        # Interleaved and rotated, so that a slow phase of the machine, or whatever one
+        # measurement leaves behind, hits each of the three alike.
+        for name in order[round_ % 3:] + order[:round_ % 3]:
+            headline[name].append(measure[name]())
     (a_images, a_seconds), (b_images, b_seconds), (c_images, c_seconds) = (
         zip(*headline[name]) for name in ("ceiling", "pipeline", "plain"))
     add("ceiling", f"in-memory batch, {precision}, channels_last", a_images, a_seconds)

@@ -227,3 +227,16 @@ def test_side_by_side_only_for_many_runs(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert stages.default_workers(3, "cpu") == 1  # 3 seeds: a third round on one thread would cost more
     assert stages.default_workers(60, "cpu") == 2  # 60 folds: one run per core
+
+
+def test_augmenting_a_whole_pass_at_once_draws_what_batch_by_batch_would():
+    # TensorBatches draws a pass's augmentation at once (one copy to the device, no
+    # synchronisation per step); random_affine draws per batch. Same numbers, same images.
+    images = torch.randint(0, 256, (21, 1, 16, 16), dtype=torch.uint8)
+    loader = batches.TensorBatches(images, np.zeros(21), batch_size=8, shuffle=True, augment=True,
+                                   generator=torch.Generator().manual_seed(5))
+    generator = torch.Generator().manual_seed(5)
+    order = torch.randperm(21, generator=generator)
+    for index, (x, _) in enumerate(loader):
+        rows = order[index * 8:(index + 1) * 8]
+        assert torch.equal(x, batches.random_affine(images[rows].float() / 255, generator))
