@@ -350,10 +350,10 @@ def findings(table: pd.DataFrame) -> list[str]:
                    f"{'should prefer it here' if faster else 'rightly keeps ' + table['precision'].iloc[0] + ' here'}.")
     compiled = _row(table, "ceiling", "torch.compile")
     if compiled is not None:
-        out.append(f"`torch.compile` trains at {compiled.ratio:.2f} times the ceiling after compiling "
-                   f"({compiled.variant.split('(')[-1].rstrip(')')}); it is off by default (`compile=False`) "
-                   f"{'because' if compiled.ratio < 1 else 'although it is faster, because'} a short stage-2 run "
-                   "would spend more time compiling than training.")
+        out.append(f"`torch.compile` trains at {compiled.ratio:.2f} times the ceiling "
+                   f"({compiled.variant.split('(')[-1].rstrip(')')}; Inductor keeps compiled code in an on-disk "
+                   "cache, so the first compilation on a machine takes longer than later ones). It is off by "
+                   "default (`compile=False`); a profile can turn it on where the gain repays the compilation.")
     together = table[(table["measurement"] == "side_by_side") & (table["processes"] > 1)]
     if len(together):
         row = together.iloc[0]
