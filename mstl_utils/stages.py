@@ -219,8 +219,8 @@ def run_stage(
     metrics = binary_metrics(labels, probs[:, 1]) if stage_data.num_classes == 2 else {
         "n": int(len(labels)), "accuracy": float((probs.argmax(1) == labels).mean())}
 
-    history.to_csv(run_dir / "history.csv", index=False)
-    predictions.to_csv(run_dir / "predictions.csv", index=False)
+    for table, file_name in ((history, "history.csv"), (predictions, "predictions.csv")):
+        repro.atomic_write(run_dir / file_name, lambda tmp, table=table: table.to_csv(tmp, index=False))
     checkpoint = {
         "model": profile.model, "num_classes": stage_data.num_classes, "class_names": list(stage_data.class_names),
         "state_dict": model.cpu().state_dict(), "config": requested, "weights": asdict(weights),

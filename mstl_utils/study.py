@@ -67,7 +67,7 @@ def _sanitise(notebook_path: Path, root: Path) -> None:
         text = text.replace(old, new)
     # Anything else absolute (other users' folders, temp dirs) becomes <external>.
     text = re.sub(r"(?<![\w.~])/(?:home|root|Users|tmp|work|mnt)/[^\s\"'\\]*", "<external>", text)
-    notebook_path.write_text(text)
+    repro.atomic_write(notebook_path, lambda tmp: tmp.write_text(text))
 
 
 def execute(
@@ -115,7 +115,8 @@ def execute(
 def write_status(sources_synthetic: bool, output_dir: str | Path) -> Path:
     """``book/_status.md``: included at the top of every prose page; loud when data were synthetic."""
     path = Path(output_dir) / "_status.md"
-    path.write_text(results.data_banner([{"kind": "synthetic"}] if sources_synthetic else []) or "\n")
+    text = results.data_banner([{"kind": "synthetic"}] if sources_synthetic else []) or "\n"
+    repro.atomic_write(path, lambda tmp: tmp.write_text(text))
     return path
 
 
