@@ -359,7 +359,7 @@ def findings(table: pd.DataFrame) -> list[str]:
         row = together.iloc[0]
         out.append(f"Small runs (batch {row.batch_size}) side by side, {row.variant}, train {row.ratio:.2f} times as "
                    "many images per second as one run alone"
-                   + (", so the study trains independent runs (seeds, folds) in parallel processes."
+                   + (", so the study trains many short independent runs (the cross-validation folds) in parallel processes."
                       if row.ratio > 1 else "; running them side by side does not pay here."))
     decode, cache = _row(table, "decoding", "decode"), _row(table, "decoding", "cache")
     if decode is not None and cache is not None:
