@@ -88,6 +88,31 @@ def _requested(profile: Profile, name: str, stage: str, init_from: str, seed: in
     return requested
 
 
+def _settings(profile: Profile, name: str, stage: str, init_from: str, seed: int, init_seed: int,
+              split: Split | None, runs_root: str | Path | None) -> dict[str, Any]:
+    """What a run is asked to do, in the form ``config.json`` holds it."""
+    requested = _requested(profile, name, stage, init_from, seed, init_seed, split)
+    if init_from not in ("imagenet", "scratch"):
+        # A chained run is only reusable while the checkpoint it started from is the same one.
+        upstream = run_dir_for(profile, init_from, init_seed, runs_root) / "checkpoint.pt"
+        requested["init_sha256"] = repro.sha256_file(upstream) if upstream.is_file() else None
+    return json.loads(json.dumps(requested))
+
+
+def _complete_with(run_dir: Path, requested: dict[str, Any]) -> bool:
+    return ((run_dir / "metrics.json").is_file()
+            and json.loads((run_dir / "config.json").read_text()) == requested)
+
+
+def is_complete(name: str, profile: Profile, *, stage: str, init_from: str, seed: int = 0,
+                runs_root: str | Path | None = None, split: Split | None = None, init_seed: int | None = None,
+                **_: Any) -> bool:
+    """True when ``run_stage`` with these arguments (and no ``force``) would reuse a complete run."""
+    requested = _settings(profile, name, stage, init_from, seed, seed if init_seed is None else init_seed, split,
+                          runs_root)
+    return _complete_with(run_dir_for(profile, name, seed, runs_root, split), requested)
+
+
 #: The per-epoch state of an unfinished run (see ``train.fit``).
 RESUME_FILE = "resume.pt"
 
@@ -167,18 +192,11 @@ def run_stage(
     cfg = stage_config(profile, stage)
     init_seed = seed if init_seed is None else init_seed
     run_dir = run_dir_for(profile, name, seed, runs_root, split)
-    requested = _requested(profile, name, stage, init_from, seed, init_seed, split)
-    if init_from not in ("imagenet", "scratch"):
-        # A chained run is only reusable while the checkpoint it started from is the same one.
-        upstream = run_dir_for(profile, init_from, init_seed, runs_root) / "checkpoint.pt"
-        requested["init_sha256"] = repro.sha256_file(upstream) if upstream.is_file() else None
-    if not force and (run_dir / "metrics.json").is_file():
-        previous = json.loads((run_dir / "config.json").read_text())
-        if previous == json.loads(json.dumps(requested)):
-            log.info("%s: complete with the same settings, reused", paths.relative(run_dir))
-            return load_result(run_dir)
+    requested = _settings(profile, name, stage, init_from, seed, init_seed, split, runs_root)
+    if not force and _complete_with(run_dir, requested):
+        log.info("%s: complete with the same settings, reused", paths.relative(run_dir))
+        return load_result(run_dir)
     (run_dir / "metrics.json").unlink(missing_ok=True)  # incomplete until the end
-    requested = json.loads(json.dumps(requested))  # the form it takes on disk, for comparisons
     resume_file = run_dir / RESUME_FILE
     resume = None if force else _resume_state(resume_file, requested)
     started = repro.now()
@@ -251,7 +269,6 @@ def run_stage(
     return load_result(run_dir)
 
 
-
 # --------------------------------------------------------------------------- several runs side by side
 
 
@@ -289,20 +306,23 @@ def run_stages(jobs: list[dict[str, Any]], *, workers: int | None = None, device
     finished runs. The first failure stops the rest and is raised, naming its run.
     Jobs must not depend on each other (e.g. a bridge and the folds that start from it).
     """
-    workers = default_workers(len(jobs), device) if workers is None else workers
+    jobs = [{**job, "device": job.get("device", device)} for job in jobs]
+    # Complete runs are read back here: no worker process is started for them.
+    todo = [job for job in jobs if job.get("force") or not is_complete(**job)]
+    workers = default_workers(len(todo), device) if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers={workers}; expected at least 1")
-    jobs = [{**job, "device": job.get("device", device)} for job in jobs]
-    if workers == 1 or len(jobs) <= 1:
-        return [run_stage(**job) for job in tqdm(jobs, desc=description, disable=None if len(jobs) > 1 else True)]
-    workers = min(workers, len(jobs))
+    if workers == 1 or len(todo) <= 1:
+        return [run_stage(**job) for job in tqdm(jobs, desc=description, disable=None if len(todo) > 1 else True)]
+    workers = min(workers, len(todo))
     threads = max(1, torch.get_num_threads() // workers)
-    log.info("%d %s, %d at a time (%d CPU thread(s) each)", len(jobs), description, workers, threads)
+    log.info("%d %s (%d complete, reused), %d at a time (%d CPU thread(s) each)", len(todo), description,
+             len(jobs) - len(todo), workers, threads)
     # spawn, not fork: forking a process that already runs torch threads can deadlock.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
-        futures = {pool.submit(_run_job, job): job for job in jobs}
-        with tqdm(total=len(jobs), desc=description, disable=None) as bar:
+        futures = {pool.submit(_run_job, job): job for job in todo}
+        with tqdm(total=len(todo), desc=description, disable=None) as bar:
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, return_when=FIRST_EXCEPTION)
@@ -317,6 +337,6 @@ def run_stages(jobs: list[dict[str, Any]], *, workers: int | None = None, device
                         raise RuntimeError(f"run {where.as_posix()} failed: {type(error).__name__}: {error}") from error
                     bar.update()
                     log.info("%s %s done (%d/%d)", job["name"], job["split"].key if job.get("split") else
-                             f"seed{job.get('seed', 0)}", bar.n, len(jobs))
+                             f"seed{job.get('seed', 0)}", bar.n, len(todo))
     return [load_result(run_dir_for(job["profile"], job["name"], job.get("seed", 0), job.get("runs_root"),
                                     job.get("split"))) for job in jobs]

@@ -204,16 +204,28 @@ def test_precision_auto_is_fp32_on_cpu_and_bf16_trains_on_cpu():
     assert np.isfinite(history["train_loss"]).all()
 
 
-def test_runs_side_by_side_give_complete_runs_in_job_order(profile):
+def test_runs_side_by_side_give_complete_runs_in_job_order(profile, monkeypatch):
     jobs = [dict(name="stage2_scratch", profile=profile.replace(stage2={"num_epochs": 1}), stage="stage2",
                  init_from="scratch", seed=seed) for seed in (0, 1, 2)]
     results = stages.run_stages(jobs, workers=2)
     assert [r.config["seed"] for r in results] == [0, 1, 2]
     assert all(r.metrics["provenance"]["num_threads"] >= 1 for r in results)
-    # Complete runs are reused, whatever the number of workers.
+    stamps = [(r.run_dir / "metrics.json").stat().st_mtime_ns for r in results]
+    # Complete runs are reused, whatever the number of workers, without starting a worker process.
+    assert all(stages.is_complete(**job) for job in jobs)
     again = stages.run_stages(jobs, workers=1)
-    assert [(r.run_dir / "metrics.json").stat().st_mtime_ns for r in again] == \
-        [(r.run_dir / "metrics.json").stat().st_mtime_ns for r in results]
+    assert [(r.run_dir / "metrics.json").stat().st_mtime_ns for r in again] == stamps
+
+    def no_processes(*args, **kwargs):
+        raise AssertionError("a worker process was started for complete runs")
+
+    monkeypatch.setattr(stages.multiprocessing, "get_context", no_processes)
+    assert [r.config["seed"] for r in stages.run_stages(jobs, workers=2)] == [0, 1, 2]
+    # One run made incomplete: only it trains again.
+    (results[1].run_dir / "metrics.json").unlink()
+    assert not stages.is_complete(**jobs[1])
+    redone = stages.run_stages(jobs)
+    assert [(r.run_dir / "metrics.json").stat().st_mtime_ns == s for r, s in zip(redone, stamps)] == [True, False, True]
 
 
 def test_a_failing_run_among_several_names_its_run(profile):
