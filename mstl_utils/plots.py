@@ -174,11 +174,11 @@ def throughput(table: pd.DataFrame, *, title: str = "") -> plt.Figure:
     rows = table[table["measurement"] != "decoding"]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
     sns.barplot(data=rows, y="variant", x="img_per_s", hue="measurement", dodge=False, palette="colorblind", ax=ax)
-    for bar, value in zip(ax.patches, rows["img_per_s"]):
-        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:.0f}", va="center", fontsize=8)
+    for container in ax.containers:  # each bar labelled with its own length, whatever the drawing order
+        ax.bar_label(container, fmt=" %.0f", fontsize=8)
     ax.set_xlabel("training images per second")
     ax.set_ylabel("")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), title="measurement")
     ax.set_title(title)
     fig.tight_layout()
     return fig

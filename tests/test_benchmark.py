@@ -45,3 +45,20 @@ def test_findings_follow_the_numbers():
     text = " ".join(benchmark.findings(_table()))
     assert "0.70 times" in text and "rightly keeps fp32" in text and "in parallel processes" in text
     assert "does not pay" in " ".join(benchmark.findings(_table(side_by_side=60.0)))
+
+
+def test_throughput_figure_labels_each_bar_with_its_own_value():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from mstl_utils import plots
+
+    table = _table().iloc[[0, 3, 4, 1, 2, 5, 6, 7, 8]]  # the benchmark's own order: ceiling rows apart
+    fig = plots.throughput(table)
+    ax = fig.axes[0]
+    labels = {text.get_text().strip() for text in ax.texts if text.get_text().strip()}
+    shown = table[table["measurement"] != "decoding"]
+    assert labels == {f"{v:.0f}" for v in shown["img_per_s"]}
+    for text in ax.texts:  # every label sits at the end of a bar of the same length
+        if text.get_text().strip():
+            assert abs(text.xy[0] - float(text.get_text())) < 0.5
