@@ -172,7 +172,7 @@ def colour_gallery(paths: list[str], titles: list[str], *, ncols: int = 6, title
 def throughput(table: pd.DataFrame, *, title: str = "") -> plt.Figure:
     """Images per second of each benchmark row (``benchmark.csv``), one colour per measurement."""
     rows = table[table["measurement"] != "decoding"]
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
+    fig, ax = plt.subplots(figsize=(11, 0.45 * len(rows) + 1.2))
     sns.barplot(data=rows, y="variant", x="img_per_s", hue="measurement", dodge=False, palette="colorblind", ax=ax)
     for container in ax.containers:  # each bar labelled with its own length, whatever the drawing order
         ax.bar_label(container, fmt=" %.0f", fontsize=8)
