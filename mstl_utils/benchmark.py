@@ -7,7 +7,8 @@
     decoding JPEG/PNG files with PIL every epoch, per-image transforms, a
     ``DataLoader`` with one worker process per core.
 
-Beside them: the numeric variants of (a) (memory layout, bf16 autocast,
+All three train with the study's own step (``train.run_epoch``), so they differ only in
+where their batches come from. Beside them: the numeric variants of (a) (memory layout, bf16 autocast,
 ``torch.compile``), several small runs side by side against one run using every
 core, and decoding the dataset against reading the decoded-image cache. Every row
 of ``benchmark.csv`` is one measurement; ``ratio`` compares it with ``ratio_to``.
@@ -65,28 +66,26 @@ def _model(name: str, device: torch.device, channels_last: bool) -> nn.Module:
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def _timed_steps(model: nn.Module, batches, *, steps: int, warmup: int, device: torch.device, precision: str,
-                 channels_last: bool) -> tuple[int, float]:
-    """(images, seconds) of ``steps`` training steps after ``warmup`` untimed ones."""
+def _timed_steps(model: nn.Module, batches, *, steps: int, warmup: int, device: torch.device,
+                 precision: str) -> tuple[int, float]:
+    """(images, seconds) of ``steps`` training steps after ``warmup`` untimed ones.
+
+    The steps are the study's own (``train.run_epoch``: Adam, autocast, channels_last
+    input, one synchronisation at the end), so the three ways differ only in where
+    their batches come from.
+    """
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    criterion = nn.CrossEntropyLoss()
-    model.train()
-    images_seen, start = 0, None
-    for index, (images, labels) in enumerate(itertools.islice(batches, warmup + steps)):
-        if index == warmup:
-            _sync(device)
-            start, images_seen = time.perf_counter(), 0
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = criterion(model(images).float(), labels.to(device, non_blocking=True))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        images_seen += len(labels)
+    batches = iter(batches)
+    if warmup:
+        train.run_epoch(model, itertools.islice(batches, warmup), device=device, optimizer=optimizer,
+                        precision=precision)
     _sync(device)
-    return images_seen, time.perf_counter() - start
+    counted = []
+    timed = ((images, counted.append(len(labels)) or labels) for images, labels in itertools.islice(batches, steps))
+    start = time.perf_counter()
+    train.run_epoch(model, timed, device=device, optimizer=optimizer, precision=precision)
+    _sync(device)
+    return sum(counted), time.perf_counter() - start
 
 
 def _sync(device: torch.device) -> None:
@@ -111,11 +110,10 @@ def ceiling(settings: Settings, device: torch.device, *, precision: str, channel
     if compile:  # compilation happens on the first steps; time it apart
         start = time.perf_counter()
         _timed_steps(step_model, _same_batch(settings, device, batch_size or settings.batch_size), steps=1, warmup=0,
-                     device=device, precision=precision, channels_last=channels_last)
+                     device=device, precision=precision)
         compile_seconds = time.perf_counter() - start
     images, seconds = _timed_steps(step_model, _same_batch(settings, device, batch_size or settings.batch_size),
-                                   steps=settings.steps, warmup=settings.warmup, device=device, precision=precision,
-                                   channels_last=channels_last)
+                                   steps=settings.steps, warmup=settings.warmup, device=device, precision=precision)
     return images, seconds, compile_seconds
 
 
@@ -128,7 +126,7 @@ def pipeline(settings: Settings, stage_data: data_mod.StageData, device: torch.d
                                generator=torch.Generator().manual_seed(0), device=device)
     batches = itertools.chain.from_iterable(itertools.repeat(loader))  # as many passes as the steps need
     return _timed_steps(model, batches, steps=settings.steps, warmup=settings.warmup, device=device,
-                        precision=precision, channels_last=True)
+                        precision=precision)
 
 
 def plain(settings: Settings, folder: Path, device: torch.device, *, workers: int) -> tuple[int, float]:
@@ -151,7 +149,7 @@ def plain(settings: Settings, folder: Path, device: torch.device, *, workers: in
     model = _model(settings.model, device, channels_last=False)
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
     return _timed_steps(model, batches, steps=settings.steps, warmup=settings.warmup, device=device,
-                        precision="fp32", channels_last=False)
+                        precision="fp32")
 
 
 def _side_by_side_worker(args) -> tuple[int, float]:
