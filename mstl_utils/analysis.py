@@ -168,3 +168,21 @@ def verdict(tests: pd.DataFrame, *, arm_a: str = "multistage", arm_b: str = "ima
             where = "below this interval: the measured gain is larger"
         sentence += f" The paper's gain of {_pp(paper_gain)} points lies {where}."
     return sentence
+
+
+def tuning_tests(outer: pd.DataFrame, *, metrics: Sequence[str] = ("accuracy", "auc"), level: float = 0.95) -> pd.DataFrame:
+    """Per arm: tuned minus paper settings on the same outer folds (``search_outer.csv``), by the
+    corrected t-test, Holm-adjusted over the arms within each metric. Columns: ``arm`` and
+    ``TEST_COLUMNS`` with arm_a = "tuned", arm_b = "paper" (so ``verdict`` reads each arm's rows)."""
+    tables = []
+    for metric in metrics:
+        rows = []
+        for arm, group in outer.groupby("arm", sort=False):
+            n_train, n_test = _training_sizes(group)
+            table = st.compare_arms(group.rename(columns={"arm": "model", "setting": "arm"}), metric=metric,
+                                    n_train=n_train, n_test=n_test, baseline_pairs=[("tuned", "paper")], level=level)
+            rows.append(table.assign(arm=arm))
+        table = pd.concat(rows, ignore_index=True)
+        table["p_adjusted"] = st.adjust_pvalues(table["p_value"], method="holm")
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)[["arm", *TEST_COLUMNS]]

@@ -8,6 +8,7 @@ class), and the chest X-rays are grey anyway.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -402,6 +403,12 @@ class StageData:
         drop_last = augment and len(labels) > batch_size
         return TensorBatches(images, labels, batch_size=batch_size, shuffle=augment, augment=augment,
                              drop_last=drop_last, generator=generator, device=device)
+
+    def without(self, part: str) -> "StageData":
+        """The same data with every image of ``part`` removed (e.g. a tuning run's view without the test fold)."""
+        keep = np.flatnonzero(self.table["part"].to_numpy() != part)
+        return dataclasses.replace(self, table=self.table.iloc[keep].reset_index(drop=True),
+                                   images=self.images[torch.from_numpy(keep)])
 
     def describe(self) -> dict:
         """Provenance of the data: no absolute paths."""

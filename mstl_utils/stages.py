@@ -88,8 +88,8 @@ def _requested(profile: Profile, name: str, stage: str, init_from: str, seed: in
     return requested
 
 
-def _settings(profile: Profile, name: str, stage: str, init_from: str, seed: int, init_seed: int,
-              split: Split | None, runs_root: str | Path | None) -> dict[str, Any]:
+def settings(profile: Profile, name: str, stage: str, init_from: str, seed: int, init_seed: int,
+             split: Split | None, runs_root: str | Path | None) -> dict[str, Any]:
     """What a run is asked to do, in the form ``config.json`` holds it."""
     requested = _requested(profile, name, stage, init_from, seed, init_seed, split)
     if init_from not in ("imagenet", "scratch"):
@@ -108,7 +108,7 @@ def is_complete(name: str, profile: Profile, *, stage: str, init_from: str, seed
                 runs_root: str | Path | None = None, split: Split | None = None, init_seed: int | None = None,
                 **_: Any) -> bool:
     """True when ``run_stage`` with these arguments (and no ``force``) would reuse a complete run."""
-    requested = _settings(profile, name, stage, init_from, seed, seed if init_seed is None else init_seed, split,
+    requested = settings(profile, name, stage, init_from, seed, seed if init_seed is None else init_seed, split,
                           runs_root)
     return _complete_with(run_dir_for(profile, name, seed, runs_root, split), requested)
 
@@ -152,6 +152,18 @@ def _write_json(path: Path, value: Any) -> None:
     repro.atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str)))
 
 
+def prepare_data(profile: Profile, stage: str, *, seed: int, split: Split | None = None,
+                 data_dir: str | Path | None = None) -> data_mod.StageData:
+    """The data of one run: its train, validation and test parts are fixed by ``seed`` and ``split``
+    (the hyperparameter search relies on getting exactly the parts the run gets)."""
+    cfg = stage_config(profile, stage)
+    return data_mod.prepare(
+        cfg.dataset, data=profile.data, data_dir=data_dir, image_size=profile.image_size,
+        test_fraction=profile.head_ct_test_fraction, val_fraction=cfg.val_fraction,
+        max_per_class=cfg.max_per_class, seed=seed, test_groups=split.test_ids if split else None,
+    )
+
+
 def initial_model(profile: Profile, *, init_from: str, num_classes: int, seed: int,
                   runs_root: str | Path | None = None, weights_dir: str | Path | None = None):
     """(model, WeightsInfo) a stage starts from; ``seed`` picks an earlier stage's run."""
@@ -192,7 +204,7 @@ def run_stage(
     cfg = stage_config(profile, stage)
     init_seed = seed if init_seed is None else init_seed
     run_dir = run_dir_for(profile, name, seed, runs_root, split)
-    requested = _settings(profile, name, stage, init_from, seed, init_seed, split, runs_root)
+    requested = settings(profile, name, stage, init_from, seed, init_seed, split, runs_root)
     if not force and _complete_with(run_dir, requested):
         log.info("%s: complete with the same settings, reused", paths.relative(run_dir))
         return load_result(run_dir)
@@ -206,11 +218,7 @@ def run_stage(
     generator = repro.seed_everything(seed, deterministic=profile.deterministic)
     torch_device = repro.pick_device(device)
 
-    stage_data = data_mod.prepare(
-        cfg.dataset, data=profile.data, data_dir=data_dir, image_size=profile.image_size,
-        test_fraction=profile.head_ct_test_fraction, val_fraction=cfg.val_fraction,
-        max_per_class=cfg.max_per_class, seed=seed, test_groups=split.test_ids if split else None,
-    )
+    stage_data = prepare_data(profile, stage, seed=seed, split=split, data_dir=data_dir)
     model, weights = initial_model(profile, init_from=init_from, num_classes=stage_data.num_classes,
                                    seed=init_seed, runs_root=runs_root, weights_dir=weights_dir)
     _write_json(run_dir / "config.json", requested)
@@ -286,7 +294,7 @@ def default_workers(n_jobs: int, device: str = "auto") -> int:
     return workers if n_jobs >= 4 * workers else 1
 
 
-def _worker_init(threads: int) -> None:
+def init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
     # One line per finished run comes from the parent; a worker only reports problems.
     logging.basicConfig(level=logging.WARNING, format="%(processName)s: %(message)s")
@@ -320,7 +328,7 @@ def run_stages(jobs: list[dict[str, Any]], *, workers: int | None = None, device
              len(jobs) - len(todo), workers, threads)
     # spawn, not fork: forking a process that already runs torch threads can deadlock.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker, initargs=(threads,)) as pool:
         futures = {pool.submit(_run_job, job): job for job in todo}
         with tqdm(total=len(todo), desc=description, disable=None) as bar:
             pending = set(futures)
