@@ -148,10 +148,21 @@ def describe_storage(url: str) -> str:
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """An Optuna RDB storage. Heartbeats let a surviving worker fail (and so replace) the
     trials of a killed one; SQLite waits for locks instead of failing under several workers."""
+    from sqlalchemy.exc import DBAPIError
+
     engine_kwargs = {"connect_args": {"timeout": 300}} if url.startswith("sqlite") else None
-    with warnings.catch_warnings():  # heartbeats are marked experimental since Optuna 2.9; still there in 5.0
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=30, grace_period=120)
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():  # heartbeats are marked experimental since Optuna 2.9; still in 5.0
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=30,
+                                                  grace_period=120)
+        except DBAPIError:
+            # Workers started together on a new database race to create its tables; the
+            # loser finds them made on its next attempt.
+            if attempt == 2:
+                raise
+            time.sleep(1 + attempt)
 
 
 def tuned_profile(profile: Profile, params: dict[str, Any]) -> Profile:
@@ -213,9 +224,9 @@ def _bridges_ready(profile: Profile, studies: list[PlannedStudy], runs_root: str
     for name, seed in sorted({(s.run.init_from, s.run.init_seed) for s in studies if s.run.init_from in STAGE1_INIT}):
         if not stages.is_complete(name, profile, stage="stage1", init_from=STAGE1_INIT[name], seed=seed,
                                   runs_root=runs_root):
-            where = stages.run_dir_for(profile, name, seed, runs_root)
-            raise FileNotFoundError(f"{paths.relative(where)}: bridge run missing or incomplete; run the stage-1 "
-                                    f"notebooks first (make study), or copy that folder from the machine that did")
+            where = stages.run_dir_for(profile, name, seed, runs_root).relative_to(paths.runs_dir(runs_root))
+            raise FileNotFoundError(f"{where.as_posix()} (in the runs folder): bridge run missing or incomplete; run "
+                                    f"the stage-1 notebooks first (make study), or copy it from the machine that did")
 
 
 def open_study(planned: PlannedStudy, storage: str | optuna.storages.BaseStorage, search: SearchConfig, *,
@@ -236,7 +247,10 @@ def work(profile: Profile, search: SearchConfig, *, storage: str | None = None, 
          weights_dir: str | Path | None = None, runs_root: str | Path | None = None, device: str = "auto") -> int:
     """One worker: add trials to each planned study until it holds ``search.n_trials``;
     return how many trials this worker ran. Any number of workers (processes or machines)
-    may run this at once on the same storage."""
+    may run this at once on the same storage. A worker starts a trial only while the study
+    holds fewer than ``n_trials`` finished or running ones; two workers that check in the
+    same instant can both start, so a study may end with up to ``workers - 1`` extra trials
+    (Optuna has no atomic "start a trial if fewer than n"); the tables count what ran."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if folds is None:
         folds, _ = head_ct_folds(profile, data_dir=data_dir, runs_root=runs_root)
@@ -415,10 +429,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", type=int, default=None,
                         help="sampler seed offset (default: the process id, so that workers differ)")
     parser.add_argument("--trials", type=int, default=None, help="trials per study (default: the profile's)")
+    parser.add_argument("--outer-repeats", type=int, default=None,
+                        help="protocol repeats whose folds are searched (default: the profile's)")
+    parser.add_argument("--arms", nargs="+", default=None, help="arms to search (default: imagenet multistage)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     profile = get_profile(args.profile, **({"data": args.data} if args.data else {}))
-    search = get_search(args.profile, **({"n_trials": args.trials} if args.trials else {}))
+    changes = {"n_trials": args.trials, "outer_repeats": args.outer_repeats,
+               "arms": tuple(args.arms) if args.arms else None}
+    search = get_search(args.profile, **{k: v for k, v in changes.items() if v is not None})
     start = time.perf_counter()
     try:
         ran = work(profile, search, storage=args.storage, worker=os.getpid() if args.worker is None else args.worker)
