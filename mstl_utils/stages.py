@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from . import __version__, data as data_mod, models, paths, repro, train
 from .config import Profile, StageConfig
-from .metrics import binary_metrics
+from .metrics import binary_metrics, multiclass_metrics
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +242,8 @@ def run_stage(
         **{f"prob_{c}": probs[:, i] for i, c in enumerate(stage_data.class_names)},
         "pred": probs.argmax(1),
     })
-    metrics = binary_metrics(labels, probs[:, 1]) if stage_data.num_classes == 2 else {
-        "n": int(len(labels)), "accuracy": float((probs.argmax(1) == labels).mean())}
+    metrics = (binary_metrics(labels, probs[:, 1]) if stage_data.num_classes == 2
+               else multiclass_metrics(labels, probs, stage_data.class_names))
 
     for table, file_name in ((history, "history.csv"), (predictions, "predictions.csv")):
         repro.atomic_write(run_dir / file_name, lambda tmp, table=table: table.to_csv(tmp, index=False))

@@ -48,6 +48,7 @@ STEPS = (
     Step("03_stage2.ipynb", "stage2_multistage.ipynb", {"init_from": "stage1"}),
     Step("04_crossval.ipynb", "crossval.ipynb"),
     Step("05_results.ipynb", "results.ipynb"),
+    Step("09_chain.ipynb", "chain.ipynb"),
     Step("06_benchmark.ipynb", "benchmark.ipynb"),  # last: it reports the wall time of the steps above
 )
 
