@@ -52,7 +52,18 @@ DATASETS = {
         "paultimothymooney/chest-xray-pneumonia/versions/2",  # pinned: a later upload cannot change the data silently
         ("NORMAL", "PNEUMONIA"),
     ),
+    # The same files as chest_xray, labelled by the cause of pneumonia that each file name
+    # states (``person<P>_bacteria_<N>``, ``person<P>_virus_<N>``): the second paper's 3 classes.
+    "chest_xray3": DatasetInfo(
+        "chest_xray3",
+        "Chest X-Ray Images (Pneumonia), normal / bacterial / viral",
+        "paultimothymooney/chest-xray-pneumonia/versions/2",
+        ("normal", "bacterial", "viral"),
+    ),
 }
+
+#: Tasks that read another dataset's files and layout (the 3-class chest X-ray task reads chest_xray's).
+LAYOUT_OF = {"chest_xray3": "chest_xray"}
 
 
 @dataclass(frozen=True)
@@ -154,17 +165,18 @@ def locate(dataset: str, *, data: str = "auto", data_dir: str | Path | None = No
         if not folder.is_dir():
             raise DataNotFoundError(f"dataset {dataset!r} is neither a known name {sorted(DATASETS)} nor a folder")
         return DataSource(folder.name, folder, "real", "path")
+    layout = LAYOUT_OF.get(dataset, dataset)
     looked = []
     if data != "synthetic":
         for origin, folder in paths.data_dir_candidates(data_dir):
-            for base in (folder / dataset, folder):
-                root = find_layout(dataset, base)
+            for base in (folder / layout, folder):
+                root = find_layout(layout, base)
                 if root is not None:
                     return DataSource(dataset, root, "real", origin)
-            looked.append(f"{origin}: {folder}/{dataset} and {folder} ({diagnose(dataset, folder)})")
+            looked.append(f"{origin}: {folder}/{layout} and {folder} ({diagnose(layout, folder)})")
         if download:
-            root = _download(dataset)
-            found = find_layout(dataset, root) if root else None
+            root = _download(layout)
+            found = find_layout(layout, root) if root else None
             if found is not None:
                 return DataSource(dataset, found, "real", "kagglehub")
             looked.append(f"kagglehub download of {DATASETS[dataset].kaggle_handle}" + (" (skipped: MSTL_OFFLINE)" if paths.offline() else " (failed: no network?)"))
@@ -172,14 +184,14 @@ def locate(dataset: str, *, data: str = "auto", data_dir: str | Path | None = No
             raise DataNotFoundError(
                 f"real data for {dataset!r} ({DATASETS[dataset].title}) not found.\nLooked in:\n  - "
                 + "\n  - ".join(looked)
-                + f"\nProvide it by setting {paths.ENV_DATA_DIR} to a folder holding {dataset}/ in its Kaggle "
+                + f"\nProvide it by setting {paths.ENV_DATA_DIR} to a folder holding {layout}/ in its Kaggle "
                 "layout, by passing data_dir=..., by placing it under ./data, or by running where kaggle.com is reachable."
             )
         _shout(f"{DATASETS[dataset].title}: no real data found, USING SYNTHETIC DATA. Results are not medical results.")
-    root = paths.cache_dir() / "synthetic" / dataset
-    if find_layout(dataset, root) is None:
-        (synthetic.make_head_ct if dataset == "head_ct" else synthetic.make_chest_xray)(root)
-    return DataSource(dataset, find_layout(dataset, root), "synthetic", "generated")
+    root = paths.cache_dir() / "synthetic" / layout
+    if find_layout(layout, root) is None:
+        (synthetic.make_head_ct if layout == "head_ct" else synthetic.make_chest_xray)(root)
+    return DataSource(dataset, find_layout(layout, root), "synthetic", "generated")
 
 
 def _shout(message: str) -> None:
@@ -280,6 +292,24 @@ def read_chest_xray(root: Path) -> pd.DataFrame:
     return table
 
 
+def pneumonia_cause(file_name: str) -> str:
+    """``bacterial`` or ``viral``, from a pneumonia file name (``person<P>_bacteria_<N>.jpeg``)."""
+    stem = f"{Path(file_name).stem.lower()}_"
+    causes = [cause for word, cause in (("_bacteria_", "bacterial"), ("_virus_", "viral")) if word in stem]
+    if len(causes) != 1:
+        raise DataFormatError(f"{file_name}: a PNEUMONIA file name must say bacteria or virus "
+                              f"(person<P>_bacteria_<N>.jpeg or person<P>_virus_<N>.jpeg) for the 3-class task")
+    return causes[0]
+
+
+def read_chest_xray3(root: Path) -> pd.DataFrame:
+    """The chest X-ray table with labels normal (0), bacterial (1), viral (2)."""
+    table = read_chest_xray(root)
+    classes = DATASETS["chest_xray3"].class_names
+    cause = [classes[0] if label == 0 else pneumonia_cause(path) for path, label in zip(table["path"], table["label"])]
+    return table.assign(label=[classes.index(c) for c in cause])
+
+
 def read_image_folder(root: Path) -> tuple[pd.DataFrame, tuple[str, ...]]:
     """An ImageFolder dataset: ``root/<class>/*`` or ``root/{train,val,test}/<class>/*``."""
     splits = [s for s in ("train", "val", "test") if (root / s).is_dir()]
@@ -305,6 +335,8 @@ def read_table(source: DataSource) -> tuple[pd.DataFrame, tuple[str, ...]]:
         return read_head_ct(source.root), DATASETS["head_ct"].class_names
     if source.dataset == "chest_xray" and source.origin != "path":
         return read_chest_xray(source.root), DATASETS["chest_xray"].class_names
+    if source.dataset == "chest_xray3" and source.origin != "path":
+        return read_chest_xray3(source.root), DATASETS["chest_xray3"].class_names
     return read_image_folder(source.root)
 
 
@@ -461,6 +493,9 @@ def verify(source: DataSource, table: pd.DataFrame, hashes: dict[str, str] | Non
     """Compare real data with the committed manifest; warn with every difference. None: not checked."""
     if source.is_synthetic or source.origin == "path":
         return None
+    if source.dataset in LAYOUT_OF:  # the layout's files: compared with its manifest, under its labels
+        source = dataclasses.replace(source, dataset=LAYOUT_OF[source.dataset])
+        table = read_table(source)[0]
     result = manifest.check(source.dataset, table, source.root, hashes)
     if result is None:
         return None

@@ -69,3 +69,27 @@ def binary_metrics(y_true: np.ndarray, prob_positive: np.ndarray, *, threshold: 
         "balanced_accuracy": float(skm.balanced_accuracy_score(y_true, pred)) if both else float("nan"),
         "tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn),
     }
+
+
+def multiclass_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: tuple[str, ...]) -> dict[str, float]:
+    """Accuracy (Wilson 95 % CI), macro one-vs-rest AUC, balanced accuracy and each class's
+    recall (``recall_<class>``) of a classifier with ``probs`` of shape [N, C]."""
+    y_true = np.asarray(y_true).astype(int)
+    probs = np.asarray(probs, dtype=float)
+    pred = probs.argmax(1)
+    n = len(y_true)
+    correct = int((pred == y_true).sum())
+    acc_low, acc_high = wilson_ci(correct, n)
+    every_class = len(np.unique(y_true)) == probs.shape[1]
+    recall = skm.recall_score(y_true, pred, labels=list(range(len(class_names))), average=None, zero_division=0)
+    return {
+        "n": int(n),
+        "accuracy": correct / n if n else float("nan"),
+        "accuracy_ci_low": acc_low,
+        "accuracy_ci_high": acc_high,
+        # One-vs-rest macro AUC needs every class among the labels.
+        "auc_macro": float(skm.roc_auc_score(y_true, probs, multi_class="ovr", average="macro"))
+        if every_class else float("nan"),
+        "balanced_accuracy": float(skm.balanced_accuracy_score(y_true, pred)),
+        **{f"recall_{name}": float(r) for name, r in zip(class_names, recall)},
+    }

@@ -190,6 +190,9 @@ def load_from_checkpoint(
     if checkpoint["num_classes"] != num_classes:
         reset_classifier(model, spec, num_classes)
     origin = checkpoint.get("weights", {})
-    # The chain's first weights stay visible however many stages follow.
-    note = f"continued from {stage}; chain began with {origin.get('source')} {origin.get('file') or ''} {origin.get('sha256') or ''}"
+    # The chain's first weights stay visible however many stages follow: a checkpoint that
+    # itself continued another passes on where its chain began.
+    began = (origin.get("note", "").partition("chain began with ")[2] if origin.get("init") == "checkpoint" else
+             f"{origin.get('source')} {origin.get('file') or ''} {origin.get('sha256') or ''}")
+    note = f"continued from {stage}; chain began with {began}"
     return model, WeightsInfo("checkpoint", stage, file, sha256, " ".join(note.split()))

@@ -23,7 +23,7 @@ import logging
 import multiprocessing
 import os
 import time
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from . import __version__, data as data_mod, models, paths, repro, train
 from .config import Profile, StageConfig
-from .metrics import binary_metrics
+from .metrics import binary_metrics, multiclass_metrics
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +242,8 @@ def run_stage(
         **{f"prob_{c}": probs[:, i] for i, c in enumerate(stage_data.class_names)},
         "pred": probs.argmax(1),
     })
-    metrics = binary_metrics(labels, probs[:, 1]) if stage_data.num_classes == 2 else {
-        "n": int(len(labels)), "accuracy": float((probs.argmax(1) == labels).mean())}
+    metrics = (binary_metrics(labels, probs[:, 1]) if stage_data.num_classes == 2
+               else multiclass_metrics(labels, probs, stage_data.class_names))
 
     for table, file_name in ((history, "history.csv"), (predictions, "predictions.csv")):
         repro.atomic_write(run_dir / file_name, lambda tmp, table=table: table.to_csv(tmp, index=False))
@@ -331,9 +331,11 @@ def run_stages(jobs: list[dict[str, Any]], *, workers: int | None = None, device
     with ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker, initargs=(threads,)) as pool:
         futures = {pool.submit(_run_job, job): job for job in todo}
         with tqdm(total=len(todo), desc=description, disable=None) as bar:
-            pending = set(futures)
+            pending, finished = set(futures), 0
             while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                # One finished run at a time (not FIRST_EXCEPTION, which waits for all when none fails),
+                # so that progress is reported as it happens and a failure stops the rest at once.
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     job = futures[future]
                     error = future.exception()
@@ -344,7 +346,8 @@ def run_stages(jobs: list[dict[str, Any]], *, workers: int | None = None, device
                                             job.get("split")).relative_to(paths.runs_dir(job.get("runs_root")))
                         raise RuntimeError(f"run {where.as_posix()} failed: {type(error).__name__}: {error}") from error
                     bar.update()
+                    finished += 1  # the bar's own count stays 0 when it is hidden (off a terminal)
                     log.info("%s %s done (%d/%d)", job["name"], job["split"].key if job.get("split") else
-                             f"seed{job.get('seed', 0)}", bar.n, len(todo))
+                             f"seed{job.get('seed', 0)}", finished, len(todo))
     return [load_result(run_dir_for(job["profile"], job["name"], job.get("seed", 0), job.get("runs_root"),
                                     job.get("split"))) for job in jobs]

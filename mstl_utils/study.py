@@ -49,6 +49,7 @@ STEPS = (
     Step("04_crossval.ipynb", "crossval.ipynb"),
     Step("05_results.ipynb", "results.ipynb"),
     Step("07_search.ipynb", "search.ipynb"),
+    Step("09_chain.ipynb", "chain.ipynb"),
     Step("06_benchmark.ipynb", "benchmark.ipynb"),  # last: it reports the wall time of the steps above
 )
 
