@@ -1,0 +1,354 @@
+"""The teaching page, the glossary and the launch buttons, checked against the code they describe.
+
+A teaching page rots silently: a parameter is renamed, a function moves, a re-measured
+study makes the quoted times wrong. These tests read ``book/teach.md`` as data: every
+exercise's parameter must exist, every command must name real notebooks, parameters and
+options, every Python script must call real functions with arguments they accept, the
+guided code changes must still apply to the code and do what they claim, and the quoted
+times must agree with the measurements they cite. No book is built here.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import csv
+import dataclasses
+import inspect
+import json
+import os
+import re
+import shlex
+import sys
+import types
+from pathlib import Path
+from unittest.mock import MagicMock
+
+import pytest
+import torch
+import yaml
+
+from mstl_utils import config, models, protocol, search, stages, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TEACH = ROOT / "book" / "teach.md"
+GLOSSARY = ROOT / "book" / "glossary.md"
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
+HEREDOC = re.compile(r"python - <<'EOF'\n(.*?)\nEOF", re.S)
+CHANGE = re.compile(r'^# (?:In (mstl_utils/\w+\.py), after the line "(.+)"|At the end of (mstl_utils/\w+\.py)):$')
+#: A quoted measurement: "<seconds> s in `<file>`" or "`<notebook>`: <seconds> s in `<file>`".
+CITED = re.compile(r"(?:`(\w+\.ipynb)`:\s+)?(\d+(?:\.\d+)?)\s+s\s+in\s+`((?:book/results|runs)/[\w/.-]+)`")
+#: Measured times may drift between studies; beyond this the page is stale.
+TOLERANCE = 0.25
+CONFIG_CLASSES = {"Profile": config.Profile, "StageConfig": config.StageConfig, "SearchConfig": search.SearchConfig}
+
+
+def _exercises() -> list[dict]:
+    text = TEACH.read_text()
+    found = []
+    for section in re.split(r"^## ", text, flags=re.M)[1:]:
+        title, _, body = section.partition("\n")
+        if not title.startswith("Exercise"):
+            continue
+        # "**Label:**", "**Label (qualifier):**" or "**Label** (a note):", then the paragraph.
+        fields = {label: re.search(rf"^\*\*{label}(?:[^*\n]*:\*\*|\*\*[^\n]*:)(.*?)(?:\n\n|\Z)", body, re.M | re.S)
+                  for label in ("Parameter", "Re-run", "Expected time")}
+        chapter = re.search(r"^Chapter: (.+)$", body, re.M)
+        found.append({
+            "title": title, "body": body, "chapter": chapter.group(1) if chapter else None,
+            **{label.lower(): m.group(1).strip() if m else None for label, m in fields.items()},
+            "blocks": [(lang, code) for lang, code in FENCE.findall(body)],
+        })
+    return found
+
+
+EXERCISES = _exercises()
+IDS = [e["title"].split(":")[0] for e in EXERCISES]
+
+
+def _notebook_parameters(path: Path) -> set[str]:
+    nb = json.loads(path.read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    return set(re.findall(r"^(\w+) = ", "".join(cell["source"]), re.M))
+
+
+def _notebooks_named(text: str) -> dict[str, set[str]]:
+    return {name: _notebook_parameters(ROOT / name) for name in set(re.findall(r"notebooks/\w+\.ipynb", text))
+            if (ROOT / name).is_file()}
+
+
+def _changes(exercise: dict) -> dict[str, str]:
+    """The project's modules as the exercise's guided changes leave them: {file: source}."""
+    changed: dict[str, str] = {}
+    for lang, code in exercise["blocks"]:
+        first, _, rest = code.partition("\n")
+        match = CHANGE.match(first)
+        if lang != "python" or not match:
+            continue
+        file = match.group(1) or match.group(3)
+        source = changed.get(file, (ROOT / file).read_text())
+        if match.group(2):
+            lines = source.splitlines(keepends=True)
+            at = [i for i, line in enumerate(lines) if match.group(2) in line]
+            assert len(at) == 1, f"{file}: the line {match.group(2)!r} is found {len(at)} times, expected once"
+            source = "".join(lines[: at[0] + 1]) + rest + "".join(lines[at[0] + 1:])
+        else:
+            source = source.rstrip("\n") + "\n\n\n" + rest
+        changed[file] = source
+    return changed
+
+
+def _load(file: str, source: str) -> types.ModuleType:
+    """Execute a changed copy of a package module, beside (not instead of) the real one."""
+    module = types.ModuleType(f"mstl_utils._teach_{Path(file).stem}")
+    module.__package__ = "mstl_utils"
+    sys.modules[module.__name__] = module  # dataclasses look their module up while the class is made
+    try:
+        exec(compile(source, f"{file} (changed as on the teaching page)", "exec"), module.__dict__)
+    finally:
+        del sys.modules[module.__name__]
+    return module
+
+
+class Checked:
+    """Stands in for a package module in an exercise's script: every call is bound to the real
+    function's signature (so a wrong argument fails here) and recorded; nothing trains."""
+
+    def __init__(self, module: types.ModuleType):
+        self._module, self.calls = module, []
+
+    def __getattr__(self, name: str):
+        real = getattr(self._module, name)
+        if not callable(real):
+            return real
+
+        def call(*args, **kwargs):
+            self.calls.append((name, inspect.signature(real).bind(*args, **kwargs).arguments))
+            return MagicMock(name=f"{name}()")
+
+        return call
+
+
+def _run_script(script: str, modules: dict[str, object]) -> None:
+    def fake_import(name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "mstl_utils":
+            return types.SimpleNamespace(**modules)
+        return builtins.__import__(name, globals, locals, fromlist, level)
+
+    exec(compile(script, "<teaching page script>", "exec"), {"__builtins__": {**vars(builtins), "__import__": fake_import}})
+
+
+# --------------------------------------------------------------------------- the exercises
+
+
+def test_one_exercise_per_chapter_of_the_experiment():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    experiment = next(p for p in toc["parts"] if p["caption"] == "The experiment")
+    wanted = [c["file"].removeprefix("book/") for c in experiment["chapters"]] + ["benchmark"]
+    wanted += [name for name in ("search", "chain") if f"book/{name}" in files]  # chapters beyond the papers
+    named = [re.findall(r"\{doc\}`(\w+)`", e["chapter"] or "") for e in EXERCISES]
+    assert all(len(n) <= 1 for n in named)
+    assert sorted(n[0] for n in named if n) == sorted(wanted)
+    assert {"book/teach", "book/glossary"} <= set(files)
+
+
+@pytest.mark.parametrize("exercise", EXERCISES, ids=IDS)
+def test_exercise_has_parameter_command_and_measured_time(exercise):
+    assert exercise["parameter"] and exercise["re-run"] is not None and exercise["expected time"]
+    assert any(lang == "bash" for lang, _ in exercise["blocks"]), "no command to re-run"
+    assert "measured" in exercise["expected time"], "a time must say where it was measured"
+    assert "TIME_" not in exercise["body"], "a placeholder is left"
+
+
+@pytest.mark.parametrize("exercise", EXERCISES, ids=IDS)
+def test_exercise_parameters_exist(exercise):
+    """Each backticked name in the Parameter line is real: a notebook parameter, a config field,
+    a function, a command-line option, a file, or a field the exercise's own change adds."""
+    notebooks = _notebooks_named(exercise["body"])
+    added = "\n".join(_changes(exercise).values())
+    commands = "\n".join(code for lang, code in exercise["blocks"] if lang == "bash")
+    real = []
+    for token in re.findall(r"`([^`]+)`", exercise["parameter"]):
+        if token.startswith('"'):
+            continue  # a value, not a name
+        if token.startswith("--"):
+            module = re.search(r"-m (mstl_utils\.\w+)", commands).group(1)
+            assert f'"{token}"' in (ROOT / (module.replace(".", "/") + ".py")).read_text(), token
+        elif "/" in token:
+            assert (ROOT / token).is_file(), token
+        elif "." in token:
+            owner, attr = token.split(".")
+            if owner in CONFIG_CLASSES and attr in {f.name for f in dataclasses.fields(CONFIG_CLASSES[owner])}:
+                real.append(token)
+            elif owner in CONFIG_CLASSES:
+                assert callable(getattr(CONFIG_CLASSES[owner], attr, None)), f"{token}: no such field or method"
+            else:
+                assert hasattr({"config": config, "stages": stages, "protocol": protocol}[owner], attr), token
+        elif any(token in params for params in notebooks.values()):
+            real.append(token)
+        elif re.search(rf"^\s+{token}: ", added, re.M):
+            real.append(token)  # added by the guided change (checked to apply below)
+        else:
+            known = (set(config.PROFILES) | {f.name for f in dataclasses.fields(config.Profile)}
+                     | set(inspect.signature(stages.run_stage).parameters) | set(vars(config)) | set(vars(models)))
+            assert token in known, f"{token!r} is neither a notebook parameter nor a name of mstl_utils"
+    assert real, "the Parameter line names no notebook parameter or configuration field"
+
+
+@pytest.mark.parametrize("exercise", EXERCISES, ids=IDS)
+def test_exercise_commands_name_real_notebooks_and_options(exercise):
+    for lang, code in exercise["blocks"]:
+        if lang != "bash":
+            continue
+        for line in code.splitlines():
+            words = shlex.split(line, comments=True) if "<<" not in line else []
+            if any(w.endswith("papermill") for w in words):
+                notebook = next(w for w in words if w.endswith(".ipynb") and w.startswith("notebooks/"))
+                params = _notebook_parameters(ROOT / notebook)
+                for i, word in enumerate(words):
+                    if word == "-p":
+                        name, value = words[i + 1], words[i + 2]
+                        assert name in params, f"{notebook} has no parameter {name!r}"
+                        assert name != "profile" or value in config.PROFILES, value
+            if "-m" in words:
+                module = words[words.index("-m") + 1]
+                source = (ROOT / (module.replace(".", "/") + ".py")).read_text()
+                for option in (w for w in words if w.startswith("--")):
+                    assert f'"{option}"' in source, f"{module} has no option {option}"
+
+
+@pytest.mark.parametrize("exercise", EXERCISES, ids=IDS)
+def test_exercise_scripts_call_real_functions(exercise):
+    """Run each script with the real configuration (as the exercise's change leaves it) and with
+    stages/protocol stand-ins: profiles are really built, calls are checked, nothing trains."""
+    scripts = [s for lang, code in exercise["blocks"] if lang == "bash" for s in HEREDOC.findall(code)]
+    changed = _changes(exercise)
+    cfg = _load("mstl_utils/config.py", changed["mstl_utils/config.py"]) if "mstl_utils/config.py" in changed else config
+    for script in scripts:
+        checked = {"stages": Checked(stages), "protocol": Checked(protocol)}
+        _run_script(script, {"config": cfg, **checked})
+        made = set()
+        for name, args in checked["stages"].calls:
+            if name != "run_stage":
+                continue
+            start = args["init_from"]
+            # A chained stage must start from one the script made earlier (same profile).
+            assert start in ("imagenet", "scratch") or (args["profile"].name, start) in made, start
+            assert args["stage"] in ("stage1", "stage2")
+            made.add((args["profile"].name, args["name"]))
+        assert any(checked[m].calls for m in checked), "the script runs nothing"
+
+
+def test_frozen_depth_change_applies_and_freezes():
+    """The guided change of the frozen-depth exercise: it applies to today's code, the profile
+    takes the new field, and frozen blocks keep their weights and batch-norm statistics."""
+    exercise = next(e for e in EXERCISES if "frozen_blocks" in e["body"])
+    changed = _changes(exercise)
+    assert set(changed) == {f"mstl_utils/{m}.py" for m in ("config", "models", "train", "stages")}
+    cfg = _load("mstl_utils/config.py", changed["mstl_utils/config.py"])
+    assert "frozen_blocks" not in {f.name for f in dataclasses.fields(config.StageConfig)}, (
+        "frozen depth is a real setting now: turn the exercise into a plain parameter change")
+    assert cfg.get_profile("quick", stage2={"frozen_blocks": 14}).stage2.frozen_blocks == 14
+    new_models = _load("mstl_utils/models.py", changed["mstl_utils/models.py"])
+    new_train = _load("mstl_utils/train.py", changed["mstl_utils/train.py"])
+    _load("mstl_utils/stages.py", changed["mstl_utils/stages.py"])  # still imports and defines everything
+    # The call lands inside run_stage, after every name it uses is assigned.
+    run_stage = next(n for n in ast.parse(changed["mstl_utils/stages.py"]).body
+                     if isinstance(n, ast.FunctionDef) and n.name == "run_stage")
+    call = next(n for n in ast.walk(run_stage) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "freeze_blocks")
+    assigned = {name.id for node in ast.walk(run_stage) if isinstance(node, ast.Assign) and node.lineno < call.lineno
+                for target in node.targets for name in ast.walk(target) if isinstance(name, ast.Name)}
+    assert {n.id for n in ast.walk(call) if isinstance(n, ast.Name)} - {"models"} <= assigned
+
+    torch.manual_seed(0)
+    model, _ = models.build_model("mobilenet_v2", num_classes=2, init="scratch")
+    new_models.freeze_blocks(model, 14)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = [(torch.rand(4, 1, 32, 32), torch.tensor([0, 1, 0, 1]))]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    new_train.run_epoch(model, batch, device=torch.device("cpu"), optimizer=optimizer)
+    after = model.state_dict()
+    frozen = [k for k in after if k.startswith("backbone.features.") and int(k.split(".")[2]) < 14]
+    trained = [k for k in after if k.startswith("backbone.features.18.") and after[k].is_floating_point()]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen), "a frozen block changed"
+    assert any(not torch.equal(before[k], after[k]) for k in trained), "the top block did not train"
+
+
+def test_architecture_change_registers_a_working_model():
+    exercise = next(e for e in EXERCISES if "mobilenet_v3_small" in e["body"])
+    new_models = _load("mstl_utils/models.py", _changes(exercise)["mstl_utils/models.py"])
+    assert "mobilenet_v3_small" not in models.MODELS, "it is registered now: update the exercise"
+    model, info = new_models.build_model("mobilenet_v3_small", num_classes=2, init="scratch")
+    assert info.source == "random" and model(torch.rand(2, 1, 64, 64)).shape == (2, 2)
+
+
+# --------------------------------------------------------------------------- the quoted times
+
+
+def _citations() -> list[tuple[str | None, float, str]]:
+    text = TEACH.read_text()
+    cited = [(nb, float(s), file) for nb, s, file in CITED.findall(text)]
+    cited += [(nb, float(s), "book/results/study_time.csv") for nb, s in re.findall(r"^\| `(\w+\.ipynb)` \| (\d+) s \|", text, re.M)]
+    return cited
+
+
+def test_study_times_agree_with_study_time_csv():
+    rows = list(csv.DictReader((ROOT / "book" / "results" / "study_time.csv").open()))
+    if not all(r["force"] == "True" and r["profile"] == "quick" for r in rows):
+        pytest.skip("study_time.csv is not from a forced quick study: it times reused runs")
+    measured = {r["notebook"]: float(r["seconds"]) for r in rows}
+    cited = [(nb, s) for nb, s, file in _citations() if file == "book/results/study_time.csv"]
+    assert {nb for nb, _ in cited} >= set(measured), "the table misses a notebook of the study"
+    for notebook, seconds in cited:
+        assert abs(seconds - measured[notebook]) <= TOLERANCE * measured[notebook], (
+            f"{notebook}: the page says {seconds:.0f} s, study_time.csv {measured[notebook]:.0f} s; update book/teach.md")
+
+
+def test_run_times_agree_with_the_runs():
+    runs = Path(os.environ.get("MSTL_TEACH_RUNS", ROOT / "runs"))  # the conftest points MSTL_RUNS_DIR at tmp
+    cited = [(s, file) for _, s, file in _citations() if file.startswith("runs/")]
+    assert cited
+    if not (runs / "quick").is_dir():
+        pytest.skip(f"no quick runs in {runs}")
+    for seconds, file in cited:
+        metrics = json.loads((runs / file.removeprefix("runs/")).read_text())
+        wall = metrics["provenance"]["wall_seconds"]
+        assert abs(seconds - wall) <= TOLERANCE * wall, f"{file}: the page says {seconds} s, the run took {wall:.1f} s"
+
+
+# --------------------------------------------------------------------------- glossary and launch buttons
+
+
+def _glossary_terms() -> list[str]:
+    block = re.search(r"^```\{glossary\}\n(.*?)^```", GLOSSARY.read_text(), re.M | re.S).group(1)
+    return [line.strip() for line in block.splitlines() if line.strip() and not line[0].isspace() and not line.startswith(":")]
+
+
+def test_glossary_defines_each_term_once_and_every_link_resolves():
+    terms = _glossary_terms()
+    lowered = [t.lower() for t in terms]
+    assert len(lowered) == len(set(lowered)), sorted({t for t in lowered if lowered.count(t) > 1})
+    for needed in ("bridge dataset", "fine-tuning", "feature extraction", "fold", "out-of-fold prediction",
+                   "corrected resampled t-test", "McNemar test", "DeLong test", "Holm adjustment", "provenance",
+                   "data leakage", "nested cross-validation", "TPE", "pruner", "Grad-CAM", "lottery ticket", "WGAN"):
+        assert needed.lower() in lowered, needed
+    pages = [p.read_text() for p in (ROOT / "book").glob("*.md")] + [p.read_text() for p in (ROOT / "book").glob("*.ipynb")]
+    for page in pages:
+        for link in re.findall(r"\{term\}`([^`]+)`", page):
+            target = re.search(r"<([^>]+)>$", link)
+            assert (target.group(1) if target else link).lower() in lowered, f"{{term}} link to an undefined term: {link}"
+
+
+def test_launch_buttons_and_their_binder_environment():
+    cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
+    launch, repository = cfg["launch_buttons"], cfg["repository"]
+    assert launch["binderhub_url"].startswith("https://") and launch["colab_url"].startswith("https://")
+    assert repository["url"].startswith("https://github.com/") and repository["branch"]
+    assert repository.get("path_to_book", "") in ("", None), "a path_to_book puts it into every launch link"
+    # repo2docker installs binder/environment.yml before it copies the repository, so the
+    # project itself must be installed by postBuild, not by "-e ." in the environment.
+    environment = (ROOT / "binder" / "environment.yml").read_text()
+    assert "-e ." not in re.sub(r"#.*", "", environment)
+    post_build = ROOT / "binder" / "postBuild"
+    assert os.access(post_build, os.X_OK) and re.search(r"pip install .*-e \.", post_build.read_text())
