@@ -8,8 +8,8 @@ Layers, bottom to top (a module imports only from layers below it):
 2. ``decoded``, ``data``, ``synthetic``, ``manifest``, ``models``, ``audit``
                                                  the decoded-image cache, datasets and splits, the model registry
 3. ``train``                                     the training loop (resumable), evaluation, atomic checkpoints
-4. ``stages``, ``protocol``, ``benchmark``       run directories (one at a time or side by side), the CV protocol,
-                                                 throughput measurements
+4. ``stages``, ``protocol``, ``benchmark``,      run directories (one at a time or side by side), the CV protocol,
+   ``explain``                                   throughput measurements, Grad-CAM maps of trained runs
 5. ``analysis``, ``plots``, ``results``          statistics of the arms, figures, book tables (never import training)
 6. ``study``                                     the papermill driver behind ``make study``
 """

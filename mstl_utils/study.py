@@ -48,6 +48,7 @@ STEPS = (
     Step("03_stage2.ipynb", "stage2_multistage.ipynb", {"init_from": "stage1"}),
     Step("04_crossval.ipynb", "crossval.ipynb"),
     Step("05_results.ipynb", "results.ipynb"),
+    Step("08_explain.ipynb", "explain.ipynb"),  # the fold runs of 04; glues a number of 01
     Step("06_benchmark.ipynb", "benchmark.ipynb"),  # last: it reports the wall time of the steps above
 )
 
