@@ -339,7 +339,7 @@ def colour_predictions(colour_runs: list[StageResult], grey_runs: list[StageResu
     grey = oof_predictions(grey_runs, repeat=repeat)[["image_id", "prob"]].rename(columns={"prob": "prob_grey"})
     table = (colour[["image_id", "fold", "label", "prob"]].rename(columns={"prob": "prob_colour"})
              .merge(pd.concat(on_grey), on="image_id").merge(grey, on="image_id"))
-    table.insert(3, "coloured", table["image_id"].map(coloured).fillna(False).astype(bool))
+    table.insert(3, "coloured", table["image_id"].map(coloured).eq(True))  # an id the audit did not see: not coloured
     return table.sort_values("image_id", ignore_index=True)
 
 
@@ -362,6 +362,11 @@ def colour_accuracy(table: pd.DataFrame) -> pd.DataFrame:
                          "accuracy": float(correct.mean()) if len(part) else np.nan,
                          "mean_prob_hemorrhage": float(part[column].mean()) if len(part) else np.nan})
     return pd.DataFrame(rows, columns=COLOUR_COLUMNS)
+
+
+#: The three maps of a coloured file, by their key in ``colour_cams``.
+MAP_LABELS = {"colour": "colour model, RGB", "colour_on_grey": "colour model, grey version",
+              "grey_model": "grey model"}
 
 
 def colour_cams(table: pd.DataFrame, colour_runs: list[StageResult], grey_runs: list[StageResult],
@@ -387,8 +392,7 @@ def colour_cells(cams: dict, *, limit: int) -> dict:
         rgb, grey = cams["rgb"][i].numpy(), cams["grey"][i].numpy()
         cells["images"] += [rgb, rgb, grey, grey]
         cells["cams"] += [None, cams["colour"][i], cams["colour_on_grey"][i], cams["grey_model"][i]]
-        cells["titles"] += [f"{row['image_id']} as stored", "colour model, RGB", "colour model, grey version",
-                            "grey model"]
+        cells["titles"] += [f"{row['image_id']} as stored", *MAP_LABELS.values()]
     return {**cells, "ncols": 4}
 
 
@@ -396,13 +400,28 @@ def colour_shares(cams: dict) -> pd.DataFrame:
     """Mean mass share of each of the three maps on the coloured pixels and in the head regions of the
     coloured images (columns: map, region, n, mass_share, area_share, ratio)."""
     regions = {**coloured_pixels(cams["rgb"]), **head_regions(cams["grey"])}
-    parts = [mass_shares(cams[key], regions).assign(map=label) for key, label in
-             (("colour", "colour model, RGB"), ("colour_on_grey", "colour model, grey version"),
-              ("grey_model", "grey model"))]
+    parts = [mass_shares(cams[key], regions).assign(map=label) for key, label in MAP_LABELS.items()]
     table = pd.concat(parts, ignore_index=True)
     summary = table.groupby(["map", "region"], sort=False).agg(
         n=("image", "size"), mass_share=("mass_share", "mean"), area_share=("area_share", "mean")).reset_index()
     return summary.assign(ratio=summary["mass_share"] / summary["area_share"])
+
+
+#: Pairs of maps compared on the coloured files: does taking the colour away move the colour model's
+#: map, and does the colour model look where the grey model looks?
+MAP_PAIRS = (("colour", "colour_on_grey"), ("colour", "grey_model"))
+
+
+def map_agreement(cams: dict) -> pd.DataFrame:
+    """Mean Pearson correlation, over the coloured files, between the pixels of two maps of the same
+    file (1: the same place; 0: unrelated). Columns map_a, map_b, n, correlation."""
+    rows = []
+    for a, b in MAP_PAIRS:
+        values = [np.corrcoef(x.ravel(), y.ravel())[0, 1] for x, y in zip(cams[a], cams[b])
+                  if x.std() > 0 and y.std() > 0]
+        rows.append({"map_a": MAP_LABELS[a], "map_b": MAP_LABELS[b], "n": len(values),
+                     "correlation": float(np.mean(values)) if values else np.nan})
+    return pd.DataFrame(rows, columns=["map_a", "map_b", "n", "correlation"])
 
 
 # --------------------------------------------------------------------------- the text
@@ -417,19 +436,22 @@ def _lean(mass: float, area: float) -> str:
     return f"{mass:.0%} of the map's mass on {area:.0%} of the image: {word} its area"
 
 
-def regions_verdict(summary: pd.DataFrame) -> str:
-    """Markdown: where the head-CT maps lie, all arms and outcomes together, then per outcome."""
-    every = summary[summary["outcome"] == "all"].groupby("region")[["mass_share", "area_share"]].mean()
-    by_outcome = summary[summary["outcome"].isin(["TP", "FP", "FN"])].groupby(["outcome", "region"])[
-        ["mass_share", "area_share"]].mean()
-    parts = [f"the head's **{region}** gets {_lean(*every.loc[region])}"
-             for region in ("interior", "rim", "background") if region in every.index]
-    text = "Over every out-of-fold image and all arms, " + "; ".join(parts) + "."
-    interior = [f"{outcome} {by_outcome.loc[(outcome, 'interior'), 'mass_share']:.0%}"
-                for outcome in ("TP", "FP", "FN") if (outcome, "interior") in by_outcome.index]
-    if interior:
-        text += " Share on the interior by outcome (arms averaged): " + ", ".join(interior) + "."
-    return text
+def regions_verdict(summary: pd.DataFrame, *, by_outcome: bool = True) -> str:
+    """Markdown: where the head-CT maps lie, all arms and outcomes together; with ``by_outcome``, a
+    line per outcome (arms averaged) for the interior and the background."""
+    means = summary.groupby(["outcome", "region"])[["mass_share", "area_share"]].mean()
+    if "all" not in means.index.get_level_values("outcome"):
+        return "no maps to measure"
+    every = means.loc["all"]
+    text = ("Over all arms and every out-of-fold image, the head's interior gets "
+            f"{_lean(*every.loc['interior'])}, the background {_lean(*every.loc['background'])}.")
+    if not by_outcome:
+        return text
+    names = {"TP": "true positives", "FP": "false positives", "FN": "false negatives", "TN": "true negatives"}
+    lines = [f"- **{outcome}** ({names[outcome]}): interior {_lean(*means.loc[(outcome, 'interior')])}; "
+             f"background {_lean(*means.loc[(outcome, 'background')])}"
+             for outcome in OUTCOMES if (outcome, "interior") in means.index]
+    return text + " By outcome, arms averaged:\n\n" + "\n".join(lines)
 
 
 def border_verdict(summary: pd.DataFrame) -> str:
@@ -459,8 +481,12 @@ def colour_verdict(accuracy: pd.DataFrame, shares: pd.DataFrame) -> str:
         text += " Taking the colour away changes little: on these folds the colour model did not lean on colour."
     on_colour = shares[shares["region"] == "coloured"].set_index("map")
     if len(on_colour) and np.isfinite(on_colour["mass_share"]).all():
-        rgb = on_colour.loc["colour model, RGB"]
+        rgb = on_colour.loc[MAP_LABELS["colour"]]
         text += (f" Its map (class *normal*) puts {rgb['mass_share']:.0%} of its mass on the coloured "
                  f"pixels, which cover {rgb['area_share']:.0%} of these images; the grey model's map "
-                 f"puts {on_colour.loc['grey model', 'mass_share']:.0%} there.")
+                 f"puts {on_colour.loc[MAP_LABELS['grey_model'], 'mass_share']:.0%} there.")
+        head_area = shares[shares["region"].isin(["interior", "rim"])].groupby("region")["area_share"].first().sum()
+        if rgb["area_share"] >= 0.8 * head_area:
+            text += (" The tint covers most of the head, so where a map lies cannot tell colour from anatomy; "
+                     "the grey versions above can.")
     return text

@@ -258,3 +258,12 @@ def test_cam_grid_draws_maps_blanks_and_colour():
     assert len(axes) == 4 and len(axes[0].images) == 2 and len(axes[1].images) == 0 and len(axes[2].images) == 1
     assert axes[0].get_ylabel() == "TP" and axes[2].get_ylabel() == "FP"
     assert len(plots.cam_grid([], [], []).axes) == 1
+
+
+def test_map_agreement_is_one_for_the_same_place_and_leaves_out_empty_maps():
+    ramp = np.tile(np.linspace(0, 1, 8, dtype=np.float32), (8, 1))
+    cams = {"colour": np.stack([ramp, ramp]), "colour_on_grey": np.stack([ramp, np.zeros_like(ramp)]),
+            "grey_model": np.stack([ramp[:, ::-1], ramp[:, ::-1]])}
+    agreement = explain.map_agreement(cams)
+    assert agreement["n"].tolist() == [1, 2]
+    assert agreement["correlation"].tolist() == pytest.approx([1.0, -1.0])
