@@ -242,7 +242,8 @@ def test_colour_accuracy_counts_each_view_on_the_coloured_and_other_images():
     accuracy = explain.colour_accuracy(table).set_index(["model", "input", "images"])
     assert list(explain.colour_accuracy(table).columns) == explain.COLOUR_COLUMNS
     coloured = accuracy.xs("visibly coloured", level="images")["accuracy"].tolist()
-    assert coloured == [0.5, 1.0, 0.5] and accuracy["n"].tolist() == [2, 2] * 3
+    assert coloured == [0.5, 1.0, 0.5] and accuracy["n"].tolist() == [2, 1, 1] * 3
+    assert accuracy.loc[("grey", explain.COLOUR_VIEWS[0][1], "other normal"), "accuracy"] == 1.0
     verdict = explain.colour_verdict(explain.colour_accuracy(table), pd.DataFrame(columns=["map", "region"]))
     assert "2 visibly coloured" in verdict and "costs the colour model accuracy" in verdict
     assert "cannot be shown" in explain.colour_verdict(explain.colour_accuracy(table.assign(coloured=False)),
