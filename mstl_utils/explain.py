@@ -193,7 +193,7 @@ def head_regions(images: torch.Tensor | np.ndarray, *, threshold: int = HEAD_THR
     """
     grey = _grey(images)
     width = max(1, round(rim_fraction * grey.shape[-1]))
-    outer = ~border_regions(grey[:1, None], fraction=rim_fraction)["centre"][0]
+    outer = ~border_regions(np.zeros((1, *grey.shape[-2:])), fraction=rim_fraction)["centre"][0]
     head = np.zeros(grey.shape, dtype=bool)
     for i, image in enumerate(grey):
         level = max(threshold, float(np.median(image[outer])) + HEAD_MARGIN)
@@ -232,7 +232,7 @@ def mass_shares(cams: np.ndarray, regions: dict[str, np.ndarray]) -> pd.DataFram
         with np.errstate(invalid="ignore", divide="ignore"):
             mass = np.where(total > 0, inside / total, np.nan)
         rows.append(pd.DataFrame({"image": np.arange(len(cams)), "region": region, "mass_share": mass,
-                                  "area_share": mask.reshape(len(mask), -1).mean(axis=1)}))
+                                  "area_share": mask.mean(axis=(1, 2))}))
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["image", "region", "mass_share",
                                                                                   "area_share"])
 
@@ -479,19 +479,24 @@ def colour_verdict(accuracy: pd.DataFrame, shares: pd.DataFrame) -> str:
     text = (f"On the {n} visibly coloured files, the grey model is right on {grey_acc:.0%}; the colour "
             f"model on {stored:.0%} of them as stored and on {as_grey:.0%} once they are turned grey. "
             f"On the other normal files the two models are right on {others.iloc[0]:.0%} and {others.iloc[1]:.0%}.")
-    if stored - as_grey >= 0.1:
-        text += (" Taking the colour away costs the colour model accuracy on exactly these images: it had "
-                 "learnt that colour means *normal*.")
+    lost = round((stored - as_grey) * n)
+    p_stored, p_grey = (coloured.loc[(m, v), "mean_prob_hemorrhage"] for m, v, _ in COLOUR_VIEWS[1:])
+    if lost >= 1:
+        text += (f" Taking the colour away costs the colour model {lost} of the {n} files, and its mean probability "
+                 f"of hemorrhage on them rises from {p_stored:.2f} to {p_grey:.2f}: part of what it knows about "
+                 "these files is their colour.")
     else:
-        text += " Taking the colour away changes little: on these folds the colour model did not lean on colour."
+        text += (f" Taking the colour away changes none of its answers on these files (mean probability of "
+                 f"hemorrhage {p_stored:.2f} as stored, {p_grey:.2f} grey): it did not lean on the colour.")
     on_colour = shares[shares["region"] == "coloured"].set_index("map")
     if len(on_colour) and np.isfinite(on_colour["mass_share"]).all():
         rgb = on_colour.loc[MAP_LABELS["colour"]]
         text += (f" Its map (class *normal*) puts {rgb['mass_share']:.0%} of its mass on the coloured "
                  f"pixels, which cover {rgb['area_share']:.0%} of these images; the grey model's map "
                  f"puts {on_colour.loc[MAP_LABELS['grey_model'], 'mass_share']:.0%} there.")
-        head_area = shares[shares["region"].isin(["interior", "rim"])].groupby("region")["area_share"].first().sum()
-        if rgb["area_share"] >= 0.8 * head_area:
-            text += (" The tint covers most of the head, so where a map lies cannot tell colour from anatomy; "
-                     "the grey versions above can.")
+        interior = shares.loc[shares["region"] == "interior", "area_share"]
+        if len(interior) and rgb["area_share"] >= 0.8 * interior.iloc[0]:
+            text += (" The tint lies on the brain itself (the coloured pixels cover about as much of the image as "
+                     "the head's interior), so where a map lies cannot tell colour from anatomy; the grey "
+                     "versions can.")
     return text

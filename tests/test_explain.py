@@ -245,7 +245,7 @@ def test_colour_accuracy_counts_each_view_on_the_coloured_and_other_images():
     assert coloured == [0.5, 1.0, 0.5] and accuracy["n"].tolist() == [2, 1, 1] * 3
     assert accuracy.loc[("grey", explain.COLOUR_VIEWS[0][1], "other normal"), "accuracy"] == 1.0
     verdict = explain.colour_verdict(explain.colour_accuracy(table), pd.DataFrame(columns=["map", "region"]))
-    assert "2 visibly coloured" in verdict and "costs the colour model accuracy" in verdict
+    assert "2 visibly coloured" in verdict and "costs the colour model 1 of the 2 files" in verdict
     assert "cannot be shown" in explain.colour_verdict(explain.colour_accuracy(table.assign(coloured=False)),
                                                        pd.DataFrame(columns=["map", "region"]))
 
@@ -268,3 +268,12 @@ def test_map_agreement_is_one_for_the_same_place_and_leaves_out_empty_maps():
     agreement = explain.map_agreement(cams)
     assert agreement["n"].tolist() == [1, 2]
     assert agreement["correlation"].tolist() == pytest.approx([1.0, -1.0])
+
+
+def test_no_coloured_files_give_empty_measures_not_errors():
+    # Synthetic data hold no coloured file: every colour measure must still run.
+    empty = {"rgb": torch.zeros((0, 3, 16, 16), dtype=torch.uint8), "grey": torch.zeros((0, 1, 16, 16), dtype=torch.uint8),
+             **{key: np.zeros((0, 16, 16), np.float32) for key in explain.MAP_LABELS}}
+    assert explain.head_regions(empty["grey"])["interior"].shape == (0, 16, 16)
+    assert explain.colour_shares(empty).empty
+    assert explain.map_agreement(empty)["n"].tolist() == [0, 0]
