@@ -9,8 +9,8 @@ Layers, bottom to top (a module imports only from layers below it):
                                                  the decoded-image cache, datasets and splits, the model registry
 3. ``train``                                     the training loop (resumable), evaluation, atomic checkpoints
 4. ``stages``, ``protocol``, ``search``,        run directories (one at a time or side by side), the CV protocol,
-   ``chain``, ``benchmark``                      the nested Optuna search, chains of any length, throughput
-                                                 measurements
+   ``chain``, ``benchmark``, ``explain``         the nested Optuna search, chains of any length, throughput
+                                                 measurements, Grad-CAM maps of trained runs
 5. ``analysis``, ``plots``, ``results``          statistics of the arms, figures, book tables (never import training)
 6. ``study``                                     the papermill driver behind ``make study``
 """

@@ -24,6 +24,10 @@ from .images import open_grey
 
 #: Perceptual-hash distance (bits of 64) at or below which two images count as near duplicates.
 NEAR_DUPLICATE_BITS = 4
+#: A pixel is visibly coloured when its R, G, B values spread by more than this (of 255).
+COLOURED_PIXEL_SPREAD = 16
+#: A file is visibly coloured when more than this share of its pixels is.
+VISIBLY_COLOURED_FRACTION = 0.01
 
 #: Feature sets of the shortcut experiment: what a classifier could learn the label from
 #: without looking at the anatomy.
@@ -52,7 +56,7 @@ def _properties(path: str) -> dict:
         "path": path, "mode": mode, "width": width, "height": height, "bits": info.bits,
         "aspect": width / height, "has_alpha": int(mode in ("RGBA", "LA", "PA")),
         "grey_channels": bool(spread.max() == 0),  # R == G == B everywhere
-        "colour_fraction": float((spread > 16).mean()),  # share of visibly coloured pixels
+        "colour_fraction": float((spread > COLOURED_PIXEL_SPREAD).mean()),  # share of visibly coloured pixels
         "saturation": float((spread / np.maximum(rgb.max(axis=2), 1)).mean()),
         **{f"mean_{c}": float(rgb[..., i].mean()) for i, c in enumerate("rgb")},
         **{f"std_{c}": float(rgb[..., i].std()) for i, c in enumerate("rgb")},
@@ -173,7 +177,8 @@ def colour_by_class(props: pd.DataFrame) -> pd.DataFrame:
     """Per class: files, files with colour (R, G, B not identical), RGBA files, mean saturation."""
     return (props.groupby("label")
             .agg(files=("path", "size"), coloured=("grey_channels", lambda g: int((~g).sum())),
-                 rgba=("has_alpha", "sum"), visibly_coloured=("colour_fraction", lambda f: int((f > 0.01).sum())),
+                 rgba=("has_alpha", "sum"),
+                 visibly_coloured=("colour_fraction", lambda f: int((f > VISIBLY_COLOURED_FRACTION).sum())),
                  mean_saturation=("saturation", "mean"))
             .reset_index())
 

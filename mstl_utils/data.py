@@ -3,7 +3,8 @@
 Two Kaggle datasets in their download layouts, any ImageFolder dataset given by
 path, and synthetic stand-ins. Every image becomes one grey channel: the
 head-CT files carry a colour shortcut (tinted and RGBA files are all one
-class), and the chest X-rays are grey anyway.
+class), and the chest X-rays are grey anyway. ``in_chans=3`` keeps the colour:
+only the experiment that shows the shortcut (``mstl_utils.explain``) asks for it.
 """
 
 from __future__ import annotations
@@ -396,14 +397,15 @@ def subsample(table: pd.DataFrame, max_per_class: int | None, *, seed: int) -> p
 # --------------------------------------------------------------------------- decoding
 
 
-def load_images(files: list[str], image_size: int, *, workers: int | None = None) -> torch.Tensor:
-    """Decode every file once into a ``[N, 1, S, S]`` uint8 tensor (threads: PIL releases the GIL)."""
+def load_images(files: list[str], image_size: int, *, in_chans: int = 1, workers: int | None = None) -> torch.Tensor:
+    """Decode every file once into a ``[N, in_chans, S, S]`` uint8 tensor (threads: PIL releases the GIL)."""
     workers = workers or min(8, (os.cpu_count() or 2) * 2)
     with ThreadPoolExecutor(workers) as pool:
-        arrays = list(pool.map(lambda f: load_image(f, image_size), files))
+        arrays = list(pool.map(lambda f: load_image(f, image_size, in_chans=in_chans), files))
     if not arrays:
-        return torch.empty((0, 1, image_size, image_size), dtype=torch.uint8)
-    return torch.from_numpy(np.stack(arrays)).unsqueeze(1)
+        return torch.empty((0, in_chans, image_size, image_size), dtype=torch.uint8)
+    stacked = torch.from_numpy(np.stack(arrays))
+    return stacked.unsqueeze(1) if in_chans == 1 else stacked
 
 
 @dataclass
@@ -413,7 +415,7 @@ class StageData:
     source: DataSource
     table: pd.DataFrame  # path, label, group, split, part
     class_names: tuple[str, ...]
-    images: torch.Tensor  # [N, 1, S, S] uint8, row i = table row i
+    images: torch.Tensor  # [N, C, S, S] uint8 (C = 1 grey, 3 with in_chans=3), row i = table row i
     checksum: str  # sha256 over every file of the dataset (relative path + content)
     n_files: int
     manifest: str | None = None  # how the files compare with the committed manifest (None: not checked)
@@ -422,6 +424,18 @@ class StageData:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def in_chans(self) -> int:
+        return self.images.shape[1]
+
+    def rows_of(self, files: Sequence[str]) -> np.ndarray:
+        """Row indices of ``files`` given relative to the dataset root (as ``predictions.csv`` names them)."""
+        row_of = {Path(p).relative_to(self.source.root).as_posix(): row for row, p in enumerate(self.table["path"])}
+        missing = [f for f in files if f not in row_of]
+        if missing:
+            raise KeyError(f"{len(missing)} file(s) not in these data, e.g. {missing[0]!r}")
+        return np.array([row_of[f] for f in files], dtype=np.int64)
 
     def part(self, name: str) -> tuple[torch.Tensor, np.ndarray]:
         rows = np.flatnonzero(self.table["part"].to_numpy() == name)
@@ -466,8 +480,10 @@ def prepare(
     max_per_class: int | None = None,
     seed: int = 0,
     test_groups: Sequence[str] | None = None,
+    in_chans: int = 1,
 ) -> StageData:
-    """Locate, read, split and decode ``dataset`` for one stage (``test_groups``: see ``assign_parts``)."""
+    """Locate, read, split and decode ``dataset`` for one stage (``test_groups``: see ``assign_parts``;
+    ``in_chans=3``: RGB instead of grey)."""
     source = locate(dataset, data=data, data_dir=data_dir)
     table, class_names = read_table(source)
     hashes = repro.file_hashes(table["path"], source.root)
@@ -478,13 +494,17 @@ def prepare(
     # stage takes its rows from it.
     every_file = table["path"].tolist()
     decoded, hit = decoded_mod.load_or_decode(
-        every_file, source.root, checksum, image_size, lambda files, size: load_images(files, size)[:, 0].numpy())
+        every_file, source.root, checksum, image_size,
+        lambda files, size: load_images(files, size, in_chans=in_chans).numpy().reshape(
+            decoded_mod.entry_shape(len(files), size, in_chans)),
+        in_chans=in_chans)
     row_of = {path: row for row, path in enumerate(every_file)}
     table = subsample(table, max_per_class, seed=seed)
     table = assign_parts(table, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed,
                          test_groups=test_groups).reset_index(drop=True)
     rows = np.fromiter((row_of[path] for path in table["path"]), dtype=np.int64, count=len(table))
-    images = torch.from_numpy(decoded[rows]).unsqueeze(1)  # fancy indexing copies out of the memory map
+    images = torch.from_numpy(decoded[rows])  # fancy indexing copies out of the memory map
+    images = images.unsqueeze(1) if in_chans == 1 else images
     return StageData(source, table, class_names, images, checksum, n_files=n_files, manifest=verdict,
                      decoded_cache="hit" if hit else "built")
 

@@ -1,4 +1,5 @@
-"""Decoding one image file into the study's input: one grey 8-bit channel at a square size.
+"""Decoding one image file into the study's input: one grey 8-bit channel at a square size
+(or three RGB channels, for the colour-shortcut experiment only).
 
 Every file the datasets may hold is either converted correctly (8- and 16-bit grey,
 palette, RGB, RGBA/LA, CMYK, bilevel, EXIF-rotated JPEG, upper-case extensions) or
@@ -40,6 +41,17 @@ class ImageInfo:
 _BITS = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}
 
 
+def _transparent(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+
+
+def _over_black(img: Image.Image) -> Image.Image:
+    """Transparent pixels become black, as an unpainted background would be (an RGBA image, opaque)."""
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+    return Image.alpha_composite(background, rgba)
+
+
 def _grey(img: Image.Image) -> tuple[Image.Image, str]:
     """The image as mode L, and how it was converted."""
     mode = img.mode
@@ -55,18 +67,41 @@ def _grey(img: Image.Image) -> tuple[Image.Image, str]:
         low, high = float(array.min(initial=0)), float(array.max(initial=1))
         scaled = (array - low) / (high - low) if high > low else np.zeros_like(array)
         return Image.fromarray(np.round(scaled * 255).astype(np.uint8), "L"), "F -> L (min-max scaled)"
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
-        # Transparent pixels become black, as an unpainted background would be.
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return Image.alpha_composite(background, rgba).convert("L"), f"{mode} -> L (alpha over black)"
+    if _transparent(img):
+        return _over_black(img).convert("L"), f"{mode} -> L (alpha over black)"
     if mode in ("CMYK", "YCbCr", "LAB", "HSV", "P"):
         return img.convert("RGB").convert("L"), f"{mode} -> RGB -> L"
     return img.convert("L"), f"{mode} -> L"
 
 
+def _rgb(img: Image.Image) -> tuple[Image.Image, str]:
+    """The image as mode RGB, and how it was converted: colour kept, grey repeated, alpha over black.
+
+    Only the colour-shortcut experiment reads images so (``in_chans=3``); the study feeds grey.
+    """
+    mode = img.mode
+    if mode == "RGB":
+        return img, "RGB"
+    if _transparent(img):
+        return _over_black(img).convert("RGB"), f"{mode} -> RGB (alpha over black)"
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        grey, conversion = _grey(img)  # scaled as the grey path scales them
+        return grey.convert("RGB"), f"{conversion} -> RGB"
+    return img.convert("RGB"), f"{mode} -> RGB"
+
+
 def open_grey(path: str | Path) -> tuple[Image.Image, ImageInfo]:
     """Decode ``path`` fully into a grey PIL image (EXIF rotation applied) and describe the original."""
+    return _open(path, _grey)
+
+
+def open_rgb(path: str | Path) -> tuple[Image.Image, ImageInfo]:
+    """Decode ``path`` fully into an RGB PIL image (EXIF rotation applied) and describe the original."""
+    return _open(path, _rgb)
+
+
+def _open(path: str | Path, convert) -> tuple[Image.Image, ImageInfo]:
+    """Decode ``path`` with the checks every file gets, then ``convert`` it (``_grey`` or ``_rgb``)."""
     path = Path(path)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise DataFormatError(f"{path}: suffix {path.suffix!r} is not an image suffix; expected one of {sorted(IMAGE_SUFFIXES)}")
@@ -82,7 +117,7 @@ def open_grey(path: str | Path) -> tuple[Image.Image, ImageInfo]:
             bits = _BITS.get(mode, 8)
             img = ImageOps.exif_transpose(img)
             img.load()  # decode now: a truncated file fails here, inside this try
-            grey, conversion = _grey(img)
+            converted, conversion = convert(img)
     except DataFormatError:
         raise
     except FileNotFoundError as error:
@@ -94,12 +129,16 @@ def open_grey(path: str | Path) -> tuple[Image.Image, ImageInfo]:
     except (OSError, ValueError, SyntaxError) as error:
         raise DataFormatError(f"{path}: cannot be decoded ({type(error).__name__}: {error}); the file may be truncated "
                          "or corrupt") from error
-    return grey, ImageInfo(mode, width, height, bits, conversion)
+    return converted, ImageInfo(mode, width, height, bits, conversion)
 
 
-def load_image(path: str | Path, image_size: int) -> np.ndarray:
-    """One image as a grey ``image_size`` x ``image_size`` uint8 array (aspect ratio not kept,
-    as in the public chest X-ray copy)."""
-    grey, _ = open_grey(path)
-    resized = grey.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    return np.asarray(resized, dtype=np.uint8)
+def load_image(path: str | Path, image_size: int, *, in_chans: int = 1) -> np.ndarray:
+    """One image as a grey ``[image_size, image_size]`` uint8 array, or with ``in_chans=3`` as an RGB
+    ``[3, image_size, image_size]`` one (channels first, as the network takes them). The aspect
+    ratio is not kept, as in the public chest X-ray copy."""
+    if in_chans not in (1, 3):
+        raise ValueError(f"in_chans={in_chans}; expected 1 (grey) or 3 (RGB)")
+    image, _ = open_grey(path) if in_chans == 1 else open_rgb(path)
+    resized = image.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    array = np.asarray(resized, dtype=np.uint8)
+    return array if in_chans == 1 else np.ascontiguousarray(array.transpose(2, 0, 1))

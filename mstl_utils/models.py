@@ -3,7 +3,8 @@
 Every model takes one grey channel in [0, 1]; ``GreyInput`` repeats it to the
 three channels the ImageNet stem expects and applies the normalisation that
 belongs to the weights (ImageNet mean/std for torchvision weights). The
-normalisation therefore travels with the model and its checkpoints.
+normalisation therefore travels with the model and its checkpoints. A model built
+with ``in_chans=3`` takes RGB instead (only the colour-shortcut experiment does).
 """
 
 from __future__ import annotations
@@ -67,15 +68,23 @@ class WeightsNotFoundError(FileNotFoundError):
 
 
 class GreyInput(nn.Module):
-    """Adapts a 3-channel ImageNet network to one grey channel in [0, 1]."""
+    """Adapts a 3-channel ImageNet network to one grey channel in [0, 1] (or ``in_chans=3``: RGB in [0, 1])."""
 
-    def __init__(self, backbone: nn.Module, *, mean: tuple[float, ...], std: tuple[float, ...]):
+    def __init__(self, backbone: nn.Module, *, mean: tuple[float, ...], std: tuple[float, ...], in_chans: int = 1):
         super().__init__()
+        if in_chans not in (1, len(mean)):
+            raise ValueError(f"in_chans={in_chans}; expected 1 (grey) or {len(mean)}")
         self.backbone = backbone
+        # A plain attribute, not a buffer: the state_dict (and every checkpoint) stays as it was.
+        self.in_chans = in_chans
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # expand() would also stretch one channel to three: a grey image fed to a colour model
+        # must be a decision of the caller, never a silent broadcast.
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"input has {x.shape[1]} channel(s); this model takes in_chans={self.in_chans}")
         x = x.expand(-1, self.mean.shape[1], -1, -1)
         return self.backbone((x - self.mean) / self.std)
 
@@ -151,8 +160,10 @@ def build_model(
     init: str = "imagenet",
     weights_dir: str | Path | None = None,
     allow_random: bool = False,
+    in_chans: int = 1,
 ) -> tuple[GreyInput, WeightsInfo]:
-    """Build ``name`` for ``num_classes`` classes, starting from ``imagenet`` or ``scratch`` weights.
+    """Build ``name`` for ``num_classes`` classes, starting from ``imagenet`` or ``scratch`` weights,
+    taking ``in_chans`` input channels (1: grey, 3: RGB).
 
     ``allow_random=True`` turns missing ImageNet weights into a random start that is
     labelled as such (source ``random (ImageNet unavailable)``) instead of an error.
@@ -173,7 +184,7 @@ def build_model(
         info = WeightsInfo("scratch", "random", note="random initialisation, chosen explicitly")
     else:
         raise ValueError(f"init={init!r}; expected 'imagenet' or 'scratch' (checkpoints: see load_from_checkpoint)")
-    model = GreyInput(backbone, mean=spec.mean, std=spec.std)
+    model = GreyInput(backbone, mean=spec.mean, std=spec.std, in_chans=in_chans)
     reset_classifier(model, spec, num_classes)
     return model, info
 
@@ -182,9 +193,10 @@ def load_from_checkpoint(
     checkpoint: dict, *, num_classes: int, stage: str, file: str | None = None, sha256: str | None = None
 ) -> tuple[GreyInput, WeightsInfo]:
     """A model continued from an earlier stage's checkpoint; the head is replaced when the
-    class count differs (e.g. 3-class chest X-ray -> 2-class head CT)."""
+    class count differs (e.g. 3-class chest X-ray -> 2-class head CT). The input channels are the
+    checkpoint's (``in_chans``; absent: 1, grey)."""
     spec = MODELS[checkpoint["model"]]
-    model = GreyInput(spec.build(), mean=spec.mean, std=spec.std)
+    model = GreyInput(spec.build(), mean=spec.mean, std=spec.std, in_chans=checkpoint.get("in_chans", 1))
     reset_classifier(model, spec, checkpoint["num_classes"])
     model.load_state_dict(checkpoint["state_dict"])
     if checkpoint["num_classes"] != num_classes:

@@ -182,3 +182,35 @@ def throughput(table: pd.DataFrame, *, title: str = "") -> plt.Figure:
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def cam_grid(images: list, cams: list, titles: list[str], *, ncols: int = 4, row_labels: list[str] | None = None,
+             title: str = "", alpha: float = 0.45) -> plt.Figure:
+    """Images ``[C, H, W]`` uint8 (C = 1 grey, 3 RGB) with their Grad-CAM maps ``[H, W]`` in [0, 1]
+    laid over them, in a grid; a ``None`` map shows the image alone, a ``None`` image leaves the cell
+    empty. ``row_labels`` name the rows (e.g. TP, FP, FN)."""
+    ncols = max(1, min(ncols, len(images)))
+    nrows = max(1, int(np.ceil(len(images) / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.1 * ncols, 2.3 * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.spines[:].set_visible(False)
+    for ax, image, cam, text in zip(axes.ravel(), images, cams, titles):
+        if image is None:
+            continue
+        image = np.asarray(image)
+        if image.shape[0] == 1:
+            ax.imshow(image[0], cmap="gray", vmin=0, vmax=255)
+        else:
+            ax.imshow(image.transpose(1, 2, 0))
+        if cam is not None:
+            ax.imshow(cam, cmap="jet", vmin=0, vmax=1, alpha=alpha)
+        ax.set_title(text, fontsize=7)
+    for ax, label in zip(axes[:, 0], row_labels or []):
+        ax.set_ylabel(label, fontsize=10)
+    if not images:
+        axes[0, 0].text(0.5, 0.5, "no images", ha="center", va="center", transform=axes[0, 0].transAxes)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -77,7 +77,7 @@ def stage_config(profile: Profile, stage: str) -> StageConfig:
 
 
 def _requested(profile: Profile, name: str, stage: str, init_from: str, seed: int,
-               init_seed: int, split: Split | None) -> dict[str, Any]:
+               init_seed: int, split: Split | None, in_chans: int = 1) -> dict[str, Any]:
     requested = {"name": name, "stage": stage, "init_from": init_from, "seed": seed,
                  "profile": profile.to_dict(), "code_version": __version__}
     # Only non-default keys, so that runs made before these options existed are still reused.
@@ -85,13 +85,15 @@ def _requested(profile: Profile, name: str, stage: str, init_from: str, seed: in
         requested["init_seed"] = init_seed
     if split is not None:
         requested["split"] = {"repeat": split.repeat, "fold": split.fold, "test_ids": sorted(split.test_ids)}
+    if in_chans != 1:
+        requested["in_chans"] = in_chans
     return requested
 
 
 def settings(profile: Profile, name: str, stage: str, init_from: str, seed: int, init_seed: int,
-             split: Split | None, runs_root: str | Path | None) -> dict[str, Any]:
+             split: Split | None, runs_root: str | Path | None, in_chans: int = 1) -> dict[str, Any]:
     """What a run is asked to do, in the form ``config.json`` holds it."""
-    requested = _requested(profile, name, stage, init_from, seed, init_seed, split)
+    requested = _requested(profile, name, stage, init_from, seed, init_seed, split, in_chans)
     if init_from not in ("imagenet", "scratch"):
         # A chained run is only reusable while the checkpoint it started from is the same one.
         upstream = run_dir_for(profile, init_from, init_seed, runs_root) / "checkpoint.pt"
@@ -106,10 +108,10 @@ def _complete_with(run_dir: Path, requested: dict[str, Any]) -> bool:
 
 def is_complete(name: str, profile: Profile, *, stage: str, init_from: str, seed: int = 0,
                 runs_root: str | Path | None = None, split: Split | None = None, init_seed: int | None = None,
-                **_: Any) -> bool:
+                in_chans: int = 1, **_: Any) -> bool:
     """True when ``run_stage`` with these arguments (and no ``force``) would reuse a complete run."""
     requested = settings(profile, name, stage, init_from, seed, seed if init_seed is None else init_seed, split,
-                          runs_root)
+                          runs_root, in_chans)
     return _complete_with(run_dir_for(profile, name, seed, runs_root, split), requested)
 
 
@@ -153,25 +155,29 @@ def _write_json(path: Path, value: Any) -> None:
 
 
 def prepare_data(profile: Profile, stage: str, *, seed: int, split: Split | None = None,
-                 data_dir: str | Path | None = None) -> data_mod.StageData:
+                 data_dir: str | Path | None = None, in_chans: int = 1) -> data_mod.StageData:
     """The data of one run: its train, validation and test parts are fixed by ``seed`` and ``split``
-    (the hyperparameter search relies on getting exactly the parts the run gets)."""
+    (the hyperparameter search relies on getting exactly the parts the run gets); ``in_chans=3``: RGB."""
     cfg = stage_config(profile, stage)
     return data_mod.prepare(
         cfg.dataset, data=profile.data, data_dir=data_dir, image_size=profile.image_size,
         test_fraction=profile.head_ct_test_fraction, val_fraction=cfg.val_fraction,
         max_per_class=cfg.max_per_class, seed=seed, test_groups=split.test_ids if split else None,
+        in_chans=in_chans,
     )
 
 
 def initial_model(profile: Profile, *, init_from: str, num_classes: int, seed: int,
-                  runs_root: str | Path | None = None, weights_dir: str | Path | None = None):
+                  runs_root: str | Path | None = None, weights_dir: str | Path | None = None, in_chans: int = 1):
     """(model, WeightsInfo) a stage starts from; ``seed`` picks an earlier stage's run."""
     if init_from in ("imagenet", "scratch"):
         return models.build_model(profile.model, num_classes=num_classes, init=init_from, weights_dir=weights_dir,
-                                  allow_random=profile.allow_random_imagenet)
+                                  allow_random=profile.allow_random_imagenet, in_chans=in_chans)
     checkpoint_file = run_dir_for(profile, init_from, seed, runs_root) / "checkpoint.pt"
     checkpoint = train.load_checkpoint(checkpoint_file)
+    if checkpoint.get("in_chans", 1) != in_chans:
+        raise ValueError(f"{init_from}/seed{seed} takes in_chans={checkpoint.get('in_chans', 1)}; "
+                         f"this run asks for in_chans={in_chans}")
     return models.load_from_checkpoint(
         checkpoint, num_classes=num_classes, stage=init_from,
         file=f"{init_from}/seed{seed}/checkpoint.pt", sha256=repro.sha256_file(checkpoint_file),
@@ -192,19 +198,21 @@ def run_stage(
     force: bool = False,
     split: Split | None = None,
     init_seed: int | None = None,
+    in_chans: int = 1,
     progress: bool = True,
 ) -> StageResult:
     """Run (or reuse, when complete with the same settings) one stage; return its result.
 
     ``split`` fixes the test part (a cross-validation fold); ``init_seed`` picks the
-    earlier stage's run to start from when it differs from ``seed``. An interrupted
+    earlier stage's run to start from when it differs from ``seed``; ``in_chans=3``
+    trains on RGB images instead of grey (the colour-shortcut experiment only). An interrupted
     run with the same settings is resumed from its last finished epoch (``force``
     starts it again). ``progress``: console progress bars over batches.
     """
     cfg = stage_config(profile, stage)
     init_seed = seed if init_seed is None else init_seed
     run_dir = run_dir_for(profile, name, seed, runs_root, split)
-    requested = settings(profile, name, stage, init_from, seed, init_seed, split, runs_root)
+    requested = settings(profile, name, stage, init_from, seed, init_seed, split, runs_root, in_chans)
     if not force and _complete_with(run_dir, requested):
         log.info("%s: complete with the same settings, reused", paths.relative(run_dir))
         return load_result(run_dir)
@@ -218,9 +226,9 @@ def run_stage(
     generator = repro.seed_everything(seed, deterministic=profile.deterministic)
     torch_device = repro.pick_device(device)
 
-    stage_data = prepare_data(profile, stage, seed=seed, split=split, data_dir=data_dir)
+    stage_data = prepare_data(profile, stage, seed=seed, split=split, data_dir=data_dir, in_chans=in_chans)
     model, weights = initial_model(profile, init_from=init_from, num_classes=stage_data.num_classes,
-                                   seed=init_seed, runs_root=runs_root, weights_dir=weights_dir)
+                                   seed=init_seed, runs_root=runs_root, weights_dir=weights_dir, in_chans=in_chans)
     _write_json(run_dir / "config.json", requested)
 
     history = train.fit(
@@ -250,6 +258,7 @@ def run_stage(
     checkpoint = {
         "model": profile.model, "num_classes": stage_data.num_classes, "class_names": list(stage_data.class_names),
         "state_dict": model.cpu().state_dict(), "config": requested, "weights": asdict(weights),
+        **({"in_chans": in_chans} if in_chans != 1 else {}),  # absent: grey, as in every earlier checkpoint
     }
     train.save_checkpoint(run_dir / "checkpoint.pt", checkpoint)
     metrics["provenance"] = {
