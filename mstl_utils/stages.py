@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from . import __version__, data as data_mod, models, paths, repro, train
+from . import __version__, data as data_mod, models, paths, repro, train, transfer
 from .config import Profile, StageConfig
 from .metrics import binary_metrics, multiclass_metrics
 
@@ -77,7 +77,8 @@ def stage_config(profile: Profile, stage: str) -> StageConfig:
 
 
 def _requested(profile: Profile, name: str, stage: str, init_from: str, seed: int,
-               init_seed: int, split: Split | None, in_chans: int = 1) -> dict[str, Any]:
+               init_seed: int, split: Split | None, in_chans: int = 1,
+               strategy: str = transfer.DEFAULT) -> dict[str, Any]:
     requested = {"name": name, "stage": stage, "init_from": init_from, "seed": seed,
                  "profile": profile.to_dict(), "code_version": __version__}
     # Only non-default keys, so that runs made before these options existed are still reused.
@@ -87,13 +88,16 @@ def _requested(profile: Profile, name: str, stage: str, init_from: str, seed: in
         requested["split"] = {"repeat": split.repeat, "fold": split.fold, "test_ids": sorted(split.test_ids)}
     if in_chans != 1:
         requested["in_chans"] = in_chans
+    if strategy != transfer.DEFAULT:
+        requested["strategy"] = asdict(transfer.get(strategy))
     return requested
 
 
 def settings(profile: Profile, name: str, stage: str, init_from: str, seed: int, init_seed: int,
-             split: Split | None, runs_root: str | Path | None, in_chans: int = 1) -> dict[str, Any]:
+             split: Split | None, runs_root: str | Path | None, in_chans: int = 1,
+             strategy: str = transfer.DEFAULT) -> dict[str, Any]:
     """What a run is asked to do, in the form ``config.json`` holds it."""
-    requested = _requested(profile, name, stage, init_from, seed, init_seed, split, in_chans)
+    requested = _requested(profile, name, stage, init_from, seed, init_seed, split, in_chans, strategy)
     if init_from not in ("imagenet", "scratch"):
         # A chained run is only reusable while the checkpoint it started from is the same one.
         upstream = run_dir_for(profile, init_from, init_seed, runs_root) / "checkpoint.pt"
@@ -108,10 +112,10 @@ def _complete_with(run_dir: Path, requested: dict[str, Any]) -> bool:
 
 def is_complete(name: str, profile: Profile, *, stage: str, init_from: str, seed: int = 0,
                 runs_root: str | Path | None = None, split: Split | None = None, init_seed: int | None = None,
-                in_chans: int = 1, **_: Any) -> bool:
+                in_chans: int = 1, strategy: str = transfer.DEFAULT, **_: Any) -> bool:
     """True when ``run_stage`` with these arguments (and no ``force``) would reuse a complete run."""
     requested = settings(profile, name, stage, init_from, seed, seed if init_seed is None else init_seed, split,
-                          runs_root, in_chans)
+                          runs_root, in_chans, strategy)
     return _complete_with(run_dir_for(profile, name, seed, runs_root, split), requested)
 
 
@@ -199,20 +203,22 @@ def run_stage(
     split: Split | None = None,
     init_seed: int | None = None,
     in_chans: int = 1,
+    strategy: str = transfer.DEFAULT,
     progress: bool = True,
 ) -> StageResult:
     """Run (or reuse, when complete with the same settings) one stage; return its result.
 
     ``split`` fixes the test part (a cross-validation fold); ``init_seed`` picks the
     earlier stage's run to start from when it differs from ``seed``; ``in_chans=3``
-    trains on RGB images instead of grey (the colour-shortcut experiment only). An interrupted
+    trains on RGB images instead of grey (the colour-shortcut experiment only); ``strategy`` names a
+    transfer strategy of ``mstl_utils.transfer`` (what is trained, batch norm, learning rates). An interrupted
     run with the same settings is resumed from its last finished epoch (``force``
     starts it again). ``progress``: console progress bars over batches.
     """
     cfg = stage_config(profile, stage)
     init_seed = seed if init_seed is None else init_seed
     run_dir = run_dir_for(profile, name, seed, runs_root, split)
-    requested = settings(profile, name, stage, init_from, seed, init_seed, split, runs_root, in_chans)
+    requested = settings(profile, name, stage, init_from, seed, init_seed, split, runs_root, in_chans, strategy)
     if not force and _complete_with(run_dir, requested):
         log.info("%s: complete with the same settings, reused", paths.relative(run_dir))
         return load_result(run_dir)
@@ -229,6 +235,7 @@ def run_stage(
     stage_data = prepare_data(profile, stage, seed=seed, split=split, data_dir=data_dir, in_chans=in_chans)
     model, weights = initial_model(profile, init_from=init_from, num_classes=stage_data.num_classes,
                                    seed=init_seed, runs_root=runs_root, weights_dir=weights_dir, in_chans=in_chans)
+    param_groups = transfer.apply(model, profile.model, strategy, cfg.lr)
     _write_json(run_dir / "config.json", requested)
 
     history = train.fit(
@@ -238,6 +245,7 @@ def run_stage(
         num_epochs=cfg.num_epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, device=torch_device,
         precision=profile.precision, compile=profile.compile, resume=resume, progress=progress,
         on_epoch=lambda state: train.save_checkpoint(resume_file, {"requested": requested, **state}),
+        params=param_groups,
     )
     train_seconds = float(history["seconds"].sum())
     probs, labels = train.predict(model, stage_data.loader("test", batch_size=64, device=torch_device),
@@ -270,6 +278,8 @@ def run_stage(
         "data": stage_data.describe(),
         "split_counts": stage_data.table.groupby(["part", "label"]).size().rename("n").reset_index().to_dict("records"),
         "weights": asdict(weights),
+        "strategy": asdict(transfer.get(strategy)),
+        "trainable_params": transfer.trainable_parameters(model),
         "code": {**repro.git_version(paths.project_root()), "package_version": __version__},
         "hardware": repro.hardware(),
         "device": repro.describe_device(torch_device),

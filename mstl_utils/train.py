@@ -112,6 +112,7 @@ def fit(
     resume: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = True,
+    params: Iterable | None = None,
 ) -> pd.DataFrame:
     """Train with Adam for ``num_epochs``; return the per-epoch history
     (epoch, train_loss, train_accuracy, val_loss, val_accuracy, seconds).
@@ -120,10 +121,12 @@ def fit(
     (model and optimizer state, history, random states); passing such a state back as
     ``resume`` continues after its epoch exactly as an uninterrupted run would.
     ``train_loader.generator`` (if any) is the data-order/augmentation generator.
+    ``params``: Adam's parameters or parameter groups (a transfer strategy's, see
+    ``mstl_utils.transfer.apply``); None trains every parameter at ``lr``.
     """
     model.to(device).to(memory_format=torch.channels_last)
     precision = resolve_precision(precision, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.Adam(model.parameters() if params is None else params, lr=lr, weight_decay=weight_decay)
     generator = getattr(train_loader, "generator", None)
     rows: list[dict[str, Any]] = []
     if resume is not None:
