@@ -15,6 +15,7 @@ fp32 checkpoint, CPU latency at batch 1, and training throughput.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import statistics as pystats
 import time
@@ -26,7 +27,7 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import models, protocol, repro, stages, train, transfer
+from . import models, paths, protocol, repro, stages, train, transfer
 from .config import STAGE1_INIT, Profile
 from .statistics import mean_ci
 
@@ -46,15 +47,21 @@ def run_name(arm: str, model: str, strategy: str, base_model: str) -> str:
 
 
 def plan(profile: Profile, model: str, folds: pd.DataFrame, *, arms: tuple[str, ...] = ARMS,
-         strategy: str = transfer.DEFAULT, **common: Any) -> tuple[list[dict], list[dict]]:
+         strategy: str = transfer.DEFAULT, bridge_seeds: tuple[int, ...] | None = None,
+         **common: Any) -> tuple[list[dict], list[dict]]:
     """(bridge jobs, fold jobs) of ``model`` with ``strategy``: ``stages.run_stage`` keyword arguments.
 
-    The bridges are trained with the full strategy: a strategy is the target stage's."""
+    The bridges are trained with the full strategy: a strategy is the target stage's.
+    ``bridge_seeds``: the bridge runs to train (repeat ``r`` starts from
+    ``bridge_seeds[r % len]``, as the chain chapter does); None: the protocol's, one per
+    seed of the profile."""
     models.spec_of(model)
     transfer.get(strategy)
     base = profile.model
     changed = profile.replace(model=model)
     runs = protocol.plan(changed, folds, arms=arms)
+    if bridge_seeds:
+        runs = [dataclasses.replace(run, init_seed=bridge_seeds[run.split.repeat % len(bridge_seeds)]) for run in runs]
     bridges = [dict(name=bridge_name(name, model, base), profile=changed, stage="stage1", init_from=STAGE1_INIT[name],
                     seed=seed, **common) for name, seed in protocol.bridges(runs)]
     jobs = [dict(name=run_name(run.arm, model, strategy, base), profile=changed, stage="stage2",
@@ -64,14 +71,14 @@ def plan(profile: Profile, model: str, folds: pd.DataFrame, *, arms: tuple[str, 
 
 
 def run_architecture(profile: Profile, model: str, *, arms: tuple[str, ...] = ARMS, strategy: str = transfer.DEFAULT,
-                     folds: pd.DataFrame | None = None, data_dir: str | Path | None = None,
+                     bridge_seeds: tuple[int, ...] | None = None, folds: pd.DataFrame | None = None, data_dir: str | Path | None = None,
                      weights_dir: str | Path | None = None, runs_root: str | Path | None = None,
                      device: str = "auto", workers: int | None = None) -> list[stages.StageResult]:
     """Train (or reuse) ``model``'s bridges, one after the other, then its fold runs side by side."""
     if folds is None:
         folds, _ = protocol.head_ct_folds(profile, data_dir=data_dir, runs_root=runs_root)
     common = dict(data_dir=data_dir, weights_dir=weights_dir, runs_root=runs_root, device=device)
-    bridges, jobs = plan(profile, model, folds, arms=arms, strategy=strategy, **common)
+    bridges, jobs = plan(profile, model, folds, arms=arms, strategy=strategy, bridge_seeds=bridge_seeds, **common)
     for job in bridges:
         stages.run_stage(**job)
     return stages.run_stages(jobs, workers=workers, device=device, description=f"{model} {strategy} fold runs")
@@ -80,6 +87,47 @@ def run_architecture(profile: Profile, model: str, *, arms: tuple[str, ...] = AR
 #: Columns of ``architectures.csv`` (the results contract).
 COLUMNS = ["model", "weights_source", "strategy", "arm", "profile", "accuracy_mean", "accuracy_ci_low",
            "accuracy_ci_high", "auc_mean", "params", "macs", "size_mb", "cpu_latency_ms", "train_img_per_s", "device"]
+
+
+def weights_available(name: str, weights_dir: str | Path | None = None) -> str:
+    """Where ``name``'s ImageNet weights would come from here, without loading them."""
+    spec = models.spec_of(name)
+    folder = paths.weights_dir(weights_dir)
+    if folder is not None and spec.local_file and (folder / spec.local_file).is_file():
+        return f"local file {spec.local_file}"
+    if spec.official_weights and not paths.offline():
+        return f"official {spec.official_weights.partition(':')[0]} weights (if reachable)"
+    return "none offline"
+
+
+def registry_table(weights_dir: str | Path | None = None) -> pd.DataFrame:
+    """Every registered model: family, library, input normalisation, blocks, and its ImageNet weights here."""
+    rows = []
+    for name, spec in models.MODELS.items():
+        backbone = spec.build()
+        rows.append({"model": name, "label": spec.display, "family": spec.family,
+                     "library": type(backbone).__module__.split(".")[0],
+                     "normalisation": "[-1, 1]" if spec.mean == models.SYMMETRIC_MEAN else "ImageNet mean/std",
+                     "blocks": len(models.blocks(backbone, spec)),
+                     "imagenet_weights": weights_available(name, weights_dir)})
+    return pd.DataFrame(rows)
+
+
+def default_models(profile: Profile, weights_dir: str | Path | None = None) -> list[str]:
+    """The profile's model and every model whose ImageNet weights are available here."""
+    return [profile.model] + [name for name in models.MODELS
+                              if name != profile.model and weights_available(name, weights_dir) != "none offline"]
+
+
+def key(model: str, arm: str, strategy: str = transfer.DEFAULT) -> str:
+    """The label of one model, arm and strategy in fold tables and tests (``efficientnet_lite0 multistage``)."""
+    return f"{model} {arm}" + ("" if strategy == transfer.DEFAULT else f" {strategy}")
+
+
+def fold_rows(results: list[stages.StageResult], *, model: str, arm: str, strategy: str) -> pd.DataFrame:
+    """The protocol's fold table of these runs, ``arm`` relabelled with ``key`` for paired tests."""
+    return protocol.fold_table(results).assign(arm=key(model, arm, strategy), model=model, strategy=strategy,
+                                               arm_name=arm)
 
 
 def accuracy_rows(results: list[stages.StageResult], *, arm: str, strategy: str) -> dict[str, Any]:
@@ -176,6 +224,22 @@ def measure_cost(name: str, settings: CostSettings, *, device: str = "cpu", num_
 
 def measure_costs(names: list[str], settings: CostSettings, *, device: str = "cpu") -> pd.DataFrame:
     return pd.DataFrame([measure_cost(name, settings, device=device) for name in names])
+
+
+def architecture_table(accuracy: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
+    """``architectures.csv``: a row per trained model, arm and strategy with its cost, and a row with
+    cost only (no accuracy, ``weights_source`` saying why) for every registered model not trained."""
+    cost = costs.set_index("model")
+    rows = [{**row, **{c: cost.loc[row["model"], c] for c in ("params", "macs", "size_mb", "cpu_latency_ms",
+                                                               "train_img_per_s", "device")}}
+            for row in accuracy.to_dict("records")]
+    trained = set(accuracy["model"]) if len(accuracy) else set()
+    for name in cost.index.difference(sorted(trained), sort=False):
+        rows.append({"model": name, "weights_source": "not trained: no ImageNet weights here", "strategy": "",
+                     "arm": "", "profile": accuracy["profile"].iloc[0] if len(accuracy) else "",
+                     **{c: cost.loc[name, c] for c in ("params", "macs", "size_mb", "cpu_latency_ms",
+                                                       "train_img_per_s", "device")}})
+    return pd.DataFrame(rows).reindex(columns=COLUMNS)
 
 
 def pareto_front(table: pd.DataFrame, *, cost: str, value: str = "accuracy_mean") -> pd.Series:

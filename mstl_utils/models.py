@@ -244,8 +244,14 @@ def spec_of(name: str) -> ModelSpec:
     return MODELS[name]
 
 
+def head_path(spec: ModelSpec) -> str:
+    """The classifier head that every transfer strategy trains: the final layer with the layers
+    around it (its parent, e.g. MobileNetV3's two-layer ``classifier``), or the final layer alone."""
+    return spec.classifier.rpartition(".")[0] or spec.classifier
+
+
 def blocks(backbone: nn.Module, spec: ModelSpec) -> list[tuple[str, nn.Module]]:
-    """The backbone's blocks with parameters, input to output (``spec.blocks`` expanded); the classifier excluded."""
+    """The backbone's blocks with parameters, input to output (``spec.blocks`` expanded); the head excluded."""
     found: list[tuple[str, nn.Module]] = []
 
     def expand(prefix: str, module: nn.Module, parts: list[str]) -> None:
@@ -260,7 +266,7 @@ def blocks(backbone: nn.Module, spec: ModelSpec) -> list[tuple[str, nn.Module]]:
 
     for path in spec.blocks:
         expand("", backbone, path.split("."))
-    head = spec.classifier
+    head = head_path(spec)
     return [(name, module) for name, module in found
             if not (head == name or head.startswith(name + ".") or name.startswith(head + "."))
             and any(True for _ in module.parameters())]

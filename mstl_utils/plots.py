@@ -214,3 +214,48 @@ def cam_grid(images: list, cams: list, titles: list[str], *, ncols: int = 4, row
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def pareto(table: pd.DataFrame, *, costs: tuple[str, ...] = ("macs", "cpu_latency_ms"), value: str = "accuracy_mean",
+           front: dict[str, pd.Series] | None = None, title: str = "") -> plt.Figure:
+    """Accuracy (with its interval) against each cost on a log axis, one marker per arm; the models
+    on each cost's Pareto front (``front[cost]``, True = on it) are joined by a line."""
+    labels = {"macs": "multiply-accumulates per image", "cpu_latency_ms": "CPU latency, batch 1 (ms)",
+              "params": "parameters", "size_mb": "checkpoint size (MB)"}
+    fig, axes = plt.subplots(1, len(costs), figsize=(5.2 * len(costs), 4), squeeze=False)
+    arms = list(dict.fromkeys(table["arm"]))
+    palette = dict(zip(arms, sns.color_palette("colorblind", len(arms))))
+    for ax, cost in zip(axes[0], costs):
+        for arm, group in table.groupby("arm", sort=False):
+            err = np.vstack([group[value] - group["accuracy_ci_low"], group["accuracy_ci_high"] - group[value]])
+            ax.errorbar(group[cost], group[value], yerr=err, fmt="o", color=palette[arm], capsize=3, label=arm)
+            for _, row in group.iterrows():
+                ax.annotate(row["label"], (row[cost], row[value]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        if front is not None:
+            on = table[front[cost]].sort_values(cost)
+            ax.plot(on[cost], on[value], ":", color="grey", label="Pareto front")
+        ax.set_xscale("log")
+        ax.set_xlabel(labels.get(cost, cost))
+        ax.set_ylabel("head-CT accuracy (mean over folds, 95 % CI)")
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def cost_bars(costs: pd.DataFrame, *, columns: tuple[str, ...] = ("params", "macs", "cpu_latency_ms", "train_img_per_s"),
+              title: str = "") -> plt.Figure:
+    """One horizontal bar chart per cost column, a bar per model, coloured by family."""
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.4 * len(columns), 0.32 * len(costs) + 1.2), sharey=True)
+    families = list(dict.fromkeys(costs["family"]))
+    palette = dict(zip(families, sns.color_palette("colorblind", len(families))))
+    ordered = costs.sort_values("macs")
+    for ax, column in zip(np.atleast_1d(axes), columns):
+        ax.barh(ordered["label"], ordered[column], color=[palette[f] for f in ordered["family"]])
+        ax.set_xscale("log")
+        ax.set_xlabel(column)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=palette[f]) for f in families]
+    np.atleast_1d(axes)[-1].legend(handles, families, fontsize=7, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

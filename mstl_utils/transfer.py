@@ -71,7 +71,7 @@ def apply(model: models.GreyInput, model_name: str, strategy: str | Strategy, lr
     strategy = get(strategy) if isinstance(strategy, str) else strategy
     spec = models.spec_of(model_name)
     blocks = models.blocks(model.backbone, spec)
-    head = model.backbone.get_submodule(spec.classifier)
+    head = model.backbone.get_submodule(models.head_path(spec))
     n = len(blocks)
     first_trained = 0 if strategy.trainable_blocks is None else max(0, n - strategy.trainable_blocks)
     # Depth of each block from the input (0) to the head (n): geometric learning-rate factors.
