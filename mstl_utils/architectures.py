@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 import statistics as pystats
 import time
 from dataclasses import dataclass
@@ -84,6 +85,23 @@ def run_architecture(profile: Profile, model: str, *, arms: tuple[str, ...] = AR
     return stages.run_stages(jobs, workers=workers, device=device, description=f"{model} {strategy} fold runs")
 
 
+def stage_times(profile: Profile, model: str, results: list[stages.StageResult], *,
+                bridge_seeds: tuple[int, ...] | None = None, runs_root: str | Path | None = None) -> pd.DataFrame:
+    """Wall time of each stage of ``model``: its bridge runs and its fold runs (per arm), median seconds."""
+    folds = pd.DataFrame([{"image_id": i, "label": 0, "repeat": r.config["split"]["repeat"], "fold": r.config["split"]["fold"]}
+                          for r in results for i in r.config["split"]["test_ids"]])
+    arms = tuple(dict.fromkeys(r.config["name"].removeprefix("cv_").split("_")[0] for r in results))
+    bridges, _ = plan(profile, model, folds, arms=arms, bridge_seeds=bridge_seeds)
+    rows = [{"model": model, "stage": f"bridge {job['name']}", "runs": 1, "seconds": stages.load_result(
+                stages.run_dir_for(job["profile"], job["name"], job["seed"], runs_root)).metrics["provenance"]["wall_seconds"]}
+            for job in bridges]
+    for name, group in pd.DataFrame({"name": [r.config["name"] for r in results],
+                                     "seconds": [r.metrics["provenance"]["wall_seconds"] for r in results]}).groupby("name"):
+        rows.append({"model": model, "stage": f"head-CT fold run {name}", "runs": len(group),
+                     "seconds": float(group["seconds"].median())})
+    return pd.DataFrame(rows)
+
+
 #: Columns of ``architectures.csv`` (the results contract).
 COLUMNS = ["model", "weights_source", "strategy", "arm", "profile", "accuracy_mean", "accuracy_ci_low",
            "accuracy_ci_high", "auc_mean", "params", "macs", "size_mb", "cpu_latency_ms", "train_img_per_s", "device"]
@@ -134,8 +152,11 @@ def accuracy_rows(results: list[stages.StageResult], *, arm: str, strategy: str)
     """Mean and t interval of the fold accuracies, mean AUC, and the weights the chain began with."""
     accuracy = mean_ci([r.metrics["accuracy"] for r in results])
     weights = results[0].metrics["provenance"]["weights"]
-    source = weights["source"] if weights["init"] != "checkpoint" else weights["note"].partition("chain began with ")[2]
-    return {"model": results[0].config["profile"]["model"], "weights_source": " ".join(source.split()),
+    # "<source> <file>" of the weights the chain began with (a bridge's checkpoint names them in its note).
+    began = (weights["note"].partition("chain began with ")[2] if weights["init"] == "checkpoint"
+             else f"{weights['source']} {weights.get('file') or ''}")
+    began = re.sub(r"\s+[0-9a-f]{64}$", "", " ".join(began.split()))  # the sha256 is in the provenance
+    return {"model": results[0].config["profile"]["model"], "weights_source": began,
             "strategy": strategy, "arm": arm, "profile": results[0].config["profile"]["name"],
             "accuracy_mean": accuracy["mean"], "accuracy_ci_low": accuracy["ci_low"],
             "accuracy_ci_high": accuracy["ci_high"], "auc_mean": float(pd.Series([r.metrics["auc"] for r in results]).mean()),

@@ -10,7 +10,6 @@ times must agree with the measurements they cite. No book is built here.
 
 from __future__ import annotations
 
-import ast
 import builtins
 import csv
 import dataclasses
@@ -240,47 +239,34 @@ def test_exercise_scripts_call_real_functions(exercise):
         assert any(checked[m].calls for m in checked), "the script runs nothing"
 
 
-def test_frozen_depth_change_applies_and_freezes():
-    """The guided change of the frozen-depth exercise: it applies to today's code, the profile
-    takes the new field, and frozen blocks keep their weights and batch-norm statistics."""
-    exercise = next(e for e in EXERCISES if "frozen_blocks" in e["body"])
-    changed = _changes(exercise)
-    assert set(changed) == {f"mstl_utils/{m}.py" for m in ("config", "models", "train", "stages")}
-    cfg = _load("mstl_utils/config.py", changed["mstl_utils/config.py"])
-    assert "frozen_blocks" not in {f.name for f in dataclasses.fields(config.StageConfig)}, (
-        "frozen depth is a real setting now: turn the exercise into a plain parameter change")
-    assert cfg.get_profile("quick", stage2={"frozen_blocks": 14}).stage2.frozen_blocks == 14
-    new_models = _load("mstl_utils/models.py", changed["mstl_utils/models.py"])
-    new_train = _load("mstl_utils/train.py", changed["mstl_utils/train.py"])
-    _load("mstl_utils/stages.py", changed["mstl_utils/stages.py"])  # still imports and defines everything
-    # The call lands inside run_stage, after every name it uses is assigned.
-    run_stage = next(n for n in ast.parse(changed["mstl_utils/stages.py"]).body
-                     if isinstance(n, ast.FunctionDef) and n.name == "run_stage")
-    call = next(n for n in ast.walk(run_stage) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "freeze_blocks")
-    assigned = {name.id for node in ast.walk(run_stage) if isinstance(node, ast.Assign) and node.lineno < call.lineno
-                for target in node.targets for name in ast.walk(target) if isinstance(name, ast.Name)}
-    assert {n.id for n in ast.walk(call) if isinstance(n, ast.Name)} - {"models"} <= assigned
+def test_architecture_exercise_uses_a_registered_model():
+    exercise = next(e for e in EXERCISES if "Profile.model" in (e["parameter"] or ""))
+    named = re.findall(r'model="(\w+)"', exercise["body"])
+    assert named and all(name in models.MODELS for name in named), named
+    model, info = models.build_model(named[0], num_classes=2, init="scratch")
+    assert info.source == "random" and model(torch.rand(2, 1, 64, 64)).shape == (2, 2)
 
+
+def test_strategy_exercise_names_real_strategies_that_freeze():
+    """The frozen-depth exercise: every strategy it names exists, and the one its script runs
+    keeps the bottom blocks fixed while the top trains."""
+    from mstl_utils import transfer
+
+    exercise = next(e for e in EXERCISES if "strategy" in (e["parameter"] or ""))
+    named = re.findall(r'`"(\w+)"`', exercise["parameter"]) + re.findall(r'strategy="(\w+)"', exercise["body"])
+    assert named and all(name in transfer.STRATEGIES for name in named), named
+    script = re.findall(r'strategy="(\w+)"', exercise["body"])[0]
     torch.manual_seed(0)
     model, _ = models.build_model("mobilenet_v2", num_classes=2, init="scratch")
-    new_models.freeze_blocks(model, 14)
+    groups = transfer.apply(model, "mobilenet_v2", script, lr=1e-2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     batch = [(torch.rand(4, 1, 32, 32), torch.tensor([0, 1, 0, 1]))]
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    new_train.run_epoch(model, batch, device=torch.device("cpu"), optimizer=optimizer)
+    train.run_epoch(model, batch, device=torch.device("cpu"), optimizer=torch.optim.Adam(groups, lr=1e-2))
     after = model.state_dict()
-    frozen = [k for k in after if k.startswith("backbone.features.") and int(k.split(".")[2]) < 14]
+    frozen = [k for k in after if k.startswith("backbone.features.") and int(k.split(".")[2]) < 16]
     trained = [k for k in after if k.startswith("backbone.features.18.") and after[k].is_floating_point()]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen), "a frozen block changed"
     assert any(not torch.equal(before[k], after[k]) for k in trained), "the top block did not train"
-
-
-def test_architecture_change_registers_a_working_model():
-    exercise = next(e for e in EXERCISES if "mobilenet_v3_small" in e["body"])
-    new_models = _load("mstl_utils/models.py", _changes(exercise)["mstl_utils/models.py"])
-    assert "mobilenet_v3_small" not in models.MODELS, "it is registered now: update the exercise"
-    model, info = new_models.build_model("mobilenet_v3_small", num_classes=2, init="scratch")
-    assert info.source == "random" and model(torch.rand(2, 1, 64, 64)).shape == (2, 2)
 
 
 # --------------------------------------------------------------------------- the quoted times
