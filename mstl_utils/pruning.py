@@ -34,7 +34,7 @@ import logging
 import multiprocessing
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,57 @@ class PruneConfig:
         """(round, target sparsity of the eligible weights) of every round this run trains."""
         rounds = range(1, self.rounds + 1) if self.method == "imp" else self.at_rounds
         return [(k, 1 - (1 - self.rate) ** k) for k in rounds]
+
+
+@dataclass(frozen=True)
+class PruningPlan:
+    """What the pruning chapter runs for one profile: the schedules, and a second network."""
+
+    repeats: tuple[int, ...] = (0,)  # protocol repeats whose folds are pruned (repeat 0: its 5 folds)
+    rate: float = 0.2  # IMP: share of the surviving weights removed per round
+    rounds: int = 10  # IMP rounds (10 x 20 %: 89.3 % of the eligible weights)
+    control_rounds: tuple[int, ...] = (3, 6, 10)  # one-shot and random controls at these rounds' sparsities
+    scope: str = "backbone"  # the layers taking part (SCOPES)
+    scope_round: int = 10  # the other scope is measured once: one-shot at this round's sparsity
+    second_model: str = "resnet18"  # a network of the second paper, from random weights ("": none)
+    second_image_size: int = 64  # its input size (ResNet-18 costs ~6x MobileNetV2 per pixel)
+    second_rate: float = 0.5  # its IMP rate per round (fewer, larger rounds)
+    second_rounds: int = 3  # its IMP rounds (3 x 50 %: 87.5 %)
+    latency_repeats: int = 30  # timed forward passes per model (the median is reported)
+
+    def configs(self) -> list[PruneConfig]:
+        """IMP, the one-shot and random controls, and the other scope once."""
+        other = next(s for s in SCOPES if s != self.scope)
+        common = dict(rate=self.rate, rounds=self.rounds)
+        return [PruneConfig(scope=self.scope, **common),
+                PruneConfig(method="oneshot", scope=self.scope, at_rounds=self.control_rounds, **common),
+                PruneConfig(method="random", scope=self.scope, at_rounds=self.control_rounds, **common),
+                PruneConfig(method="oneshot", scope=other, at_rounds=(self.scope_round,), **common)]
+
+    def second_configs(self) -> list[PruneConfig]:
+        """The second network's smaller budget: IMP and the random control at its last round."""
+        common = dict(rate=self.second_rate, rounds=self.second_rounds, scope=self.scope)
+        return [PruneConfig(**common), PruneConfig(method="random", at_rounds=(self.second_rounds,), **common)]
+
+    def second_profile(self, profile: Profile) -> Profile | None:
+        """``profile`` for the second network, or None when there is none or the model registry lacks it."""
+        if not self.second_model or self.second_model not in models.MODELS:
+            return None
+        return profile.replace(model=self.second_model, image_size=self.second_image_size)
+
+
+PLANS: dict[str, PruningPlan] = {
+    "smoke": PruningPlan(rate=0.5, rounds=2, control_rounds=(2,), scope_round=2, second_model="", latency_repeats=2),
+    "quick": PruningPlan(),
+    "paper": PruningPlan(repeats=tuple(range(10)), second_image_size=224, second_rate=0.2, second_rounds=10),
+}
+
+
+def get_plan(profile: str, **changes: Any) -> PruningPlan:
+    """The pruning plan of ``profile`` with ``changes`` (lists become tuples)."""
+    if profile not in PLANS:
+        raise ValueError(f"no pruning plan for profile {profile!r}; expected one of {sorted(PLANS)}")
+    return replace(PLANS[profile], **{k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()})
 
 
 # --------------------------------------------------------------------------- masks and weights
@@ -447,6 +498,7 @@ def run_prune(profile: Profile, config: PruneConfig, *, arm: str, split: Split, 
     rounds = pd.DataFrame(rows)
     repro.atomic_write(run_dir / "rounds.csv", lambda tmp: rounds.to_csv(tmp, index=False))
     _write_json(run_dir / "metrics.json", {"provenance": {
+        "name": requested["name"], "stage": "stage2", "init_from": ARM_INIT[arm],
         "profile": profile.name, "model": profile.model, "image_size": profile.image_size, "arm": arm,
         "method": config.label, "seed": seed, "init_seed": init_seed, "split": split.key,
         "data": stage_data.describe(), "weights": asdict(weights),
@@ -625,3 +677,18 @@ def sparsest_matching(table: pd.DataFrame, *, model: str, method: str = "imp") -
     dense = rows[rows["method"] == "dense"].iloc[0]
     ok = rows[(rows["method"] == method) & (rows["accuracy_mean"] >= dense["accuracy_ci_low"])]
     return None if ok.empty else ok.sort_values("sparsity").iloc[-1]
+
+
+def paired_to_dense(folds: pd.DataFrame, *, n_train: int, n_test: int, metric: str = "accuracy",
+                    level: float = 0.95) -> pd.DataFrame:
+    """Per model, method and round: the paired difference to the dense model on the same folds, by the corrected
+    resampled t-test (Nadeau & Bengio; ``n_train``/``n_test``: images trained on and tested per fold)."""
+    rows = []
+    for model, runs in folds.groupby("model", sort=False):
+        dense = runs[runs["method"] == "dense"].set_index(["repeat", "fold"])[metric]
+        for (method, k), group in runs[runs["method"] != "dense"].groupby(["method", "round"], sort=False):
+            diffs = group.set_index(["repeat", "fold"])[metric] - dense
+            test = statistics.corrected_resampled_ttest(diffs.dropna(), n_train=n_train, n_test=n_test, level=level)
+            rows.append({"model": model, "method": method, "round": int(k), "sparsity": float(group["sparsity"].mean()),
+                         "metric": metric, **{key: test[key] for key in ("mean_diff", "ci_low", "ci_high", "p_value")}})
+    return pd.DataFrame(rows)
