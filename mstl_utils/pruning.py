@@ -97,6 +97,7 @@ class PruningPlan:
     """What the pruning chapter runs for one profile: the schedules, and a second network."""
 
     repeats: tuple[int, ...] = (0,)  # protocol repeats whose folds are pruned (repeat 0: its 5 folds)
+    max_folds: int | None = None  # only the first folds of each repeat (None: all)
     rate: float = 0.2  # IMP: share of the surviving weights removed per round
     rounds: int = 10  # IMP rounds (10 x 20 %: 89.3 % of the eligible weights)
     control_rounds: tuple[int, ...] = (3, 6, 10)  # one-shot and random controls at these rounds' sparsities
@@ -130,7 +131,8 @@ class PruningPlan:
 
 
 PLANS: dict[str, PruningPlan] = {
-    "smoke": PruningPlan(rate=0.5, rounds=2, control_rounds=(2,), scope_round=2, second_model="", latency_repeats=2),
+    "smoke": PruningPlan(max_folds=2, rate=0.5, rounds=2, control_rounds=(2,), scope_round=2, second_model="",
+                         latency_repeats=2),
     "quick": PruningPlan(),
     "paper": PruningPlan(repeats=tuple(range(10)), second_image_size=224, second_rate=0.2, second_rounds=10),
 }
@@ -561,15 +563,16 @@ class PruningStudy:
 
 
 def run_pruning(profile: Profile, configs: list[PruneConfig], *, arm: str, folds: pd.DataFrame,
-                repeats: tuple[int, ...] = (0,), data_dir: str | Path | None = None,
+                repeats: tuple[int, ...] = (0,), max_folds: int | None = None, data_dir: str | Path | None = None,
                 weights_dir: str | Path | None = None, runs_root: str | Path | None = None, device: str = "auto",
                 force: bool = False, workers: int | None = None) -> PruningStudy:
-    """The arm's dense runs on every fold of ``repeats`` (the protocol's own runs, reused, for an unchanged
-    profile), then every pruning schedule on each fold."""
+    """The arm's dense runs on every fold of ``repeats`` (the first ``max_folds`` of each; None: all), the
+    protocol's own runs (reused) for an unchanged profile, then every pruning schedule on each fold."""
     from .config import STAGE1_INIT
     from .protocol import bridges, plan
 
-    runs = [r for r in plan(profile, folds, arms=(arm,)) if r.split.repeat in repeats]
+    runs = [r for r in plan(profile, folds, arms=(arm,))
+            if r.split.repeat in repeats and (max_folds is None or r.split.fold < max_folds)]
     if not runs:
         raise ValueError(f"no folds of repeats {repeats} in the fold table (it has {sorted(folds['repeat'].unique())})")
     common = dict(data_dir=data_dir, weights_dir=weights_dir, runs_root=runs_root, device=device)

@@ -51,6 +51,7 @@ STEPS = (
     Step("07_search.ipynb", "search.ipynb"),
     Step("09_chain.ipynb", "chain.ipynb"),
     Step("08_explain.ipynb", "explain.ipynb"),  # the fold runs of 04; glues a number of 01
+    Step("11_pruning.ipynb", "pruning.ipynb"),  # prunes the fold runs of 04
     Step("06_benchmark.ipynb", "benchmark.ipynb"),  # last: it reports the wall time of the steps above
 )
 

@@ -170,8 +170,7 @@ def test_fold_runs_are_reused_and_tabled(synthetic_root, tmp_path):
     folds, _ = protocol.head_ct_folds(profile, data_dir=synthetic_root)
     configs = [pruning.PruneConfig(rate=0.5, rounds=2), pruning.PruneConfig(method="random", rate=0.5, rounds=2,
                                                                            at_rounds=(2,))]
-    folds = folds[folds["fold"] < 2]  # two folds are enough here
-    common = dict(arm="scratch", folds=folds, data_dir=synthetic_root, workers=1)
+    common = dict(arm="scratch", folds=folds, max_folds=2, data_dir=synthetic_root, workers=1)
     study = pruning.run_pruning(profile, configs, **common)
     assert study.dense[0].run_dir.parent.name == "cv_scratch"  # the protocol's own run
     assert pruning.dense_name(profile.replace(image_size=64), "scratch") == "cv_scratch_mobilenet_v2_64px"
@@ -198,3 +197,16 @@ def test_fold_runs_are_reused_and_tabled(synthetic_root, tmp_path):
     summary = pruning.summary(table, measured, profile="smoke")
     assert list(summary.columns) == pruning.COLUMNS
     assert summary["cpu_latency_ms"].notna().all() and len(summary) == 1 + 2 + 1
+    paired = pruning.paired_to_dense(table, n_train=20, n_test=10)
+    assert len(paired) == 3 and paired["mean_diff"].notna().all()
+
+
+def test_plans_name_every_profile_and_fit_the_registry():
+    assert set(pruning.PLANS) == set(config.PROFILES)
+    quick = pruning.get_plan("quick", rounds=4, repeats=[0, 1])
+    assert quick.rounds == 4 and quick.repeats == (0, 1)
+    labels = [c.label for c in pruning.get_plan("quick").configs()]
+    assert labels == ["imp", "oneshot", "random", "oneshot+all"]
+    assert pruning.get_plan("smoke").second_profile(config.get_profile("smoke")) is None
+    missing = pruning.get_plan("quick", second_model="no_such_net")
+    assert missing.second_profile(config.get_profile("quick")) is None
