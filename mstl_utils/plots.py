@@ -228,7 +228,8 @@ def pruning_curves(summary: pd.DataFrame, folds: pd.DataFrame) -> plt.Figure:
         dense = rows[rows["method"] == "dense"].iloc[0]
         for ax, metric in zip(row, ("accuracy", "auc")):
             column = f"{metric}_mean"
-            ax.axhline(dense[column], color="black", lw=1, label="dense")
+            ax.axhline(dense[column], color="black", lw=1)
+            ax.plot([0], [dense[column]], "ks", ms=6, label="dense")
             if metric == "accuracy":
                 ax.axhspan(dense["accuracy_ci_low"], dense["accuracy_ci_high"], color="0.88", label="dense 95 % CI")
             points = folds[(folds["model"] == model) & (folds["method"] != "dense")]

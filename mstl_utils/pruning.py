@@ -113,10 +113,12 @@ class PruningPlan:
         """IMP, the one-shot and random controls, and the other scope once."""
         other = next(s for s in SCOPES if s != self.scope)
         common = dict(rate=self.rate, rounds=self.rounds)
+        # Fewer rounds than the plan's (a notebook parameter): the controls keep the rounds that remain.
+        at = tuple(k for k in self.control_rounds if k <= self.rounds) or (self.rounds,)
         return [PruneConfig(scope=self.scope, **common),
-                PruneConfig(method="oneshot", scope=self.scope, at_rounds=self.control_rounds, **common),
-                PruneConfig(method="random", scope=self.scope, at_rounds=self.control_rounds, **common),
-                PruneConfig(method="oneshot", scope=other, at_rounds=(self.scope_round,), **common)]
+                PruneConfig(method="oneshot", scope=self.scope, at_rounds=at, **common),
+                PruneConfig(method="random", scope=self.scope, at_rounds=at, **common),
+                PruneConfig(method="oneshot", scope=other, at_rounds=(min(self.scope_round, self.rounds),), **common)]
 
     def second_configs(self) -> list[PruneConfig]:
         """The second network's smaller budget: IMP and the random control at its last round."""
@@ -267,13 +269,17 @@ def copy_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
 
 
-def make_permanent(model: nn.Module) -> nn.Module:
-    """A copy with the masks folded into plain weights (zeros stay in dense tensors; no hooks)."""
-    model = copy_model(model)
+def remove_masks(model: nn.Module) -> nn.Module:
+    """Fold the masks into plain weights, in place (zeros stay in dense tensors; no hooks); return the model."""
     for module in model.modules():
         for name in _pruned_names(module):
             prune.remove(module, name)
     return model
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with its masks folded into plain weights (``remove_masks``)."""
+    return remove_masks(copy_model(model))
 
 
 def save_pruned(path: str | Path, model: nn.Module, payload: dict[str, Any]) -> Path:
@@ -650,10 +656,10 @@ def costs(study: PruningStudy, *, repeats: int = 30, threads: int = 1) -> pd.Dat
     for (method, k), source in _checkpoints(study).items():
         model = _dense_model(source) if method == "dense" else load_pruned(source)[0]
         size = study.profile.image_size
-        rows.append({"model": study.profile.model, "method": method, "round": k, **file_sizes(model),
-                     "latency_masked_ms": cpu_latency_ms(model, size, repeats=repeats, threads=threads),
-                     "latency_permanent_ms": cpu_latency_ms(make_permanent(model), size, repeats=repeats,
-                                                            threads=threads)})
+        row = {"model": study.profile.model, "method": method, "round": k, **file_sizes(model),
+               "latency_masked_ms": cpu_latency_ms(model, size, repeats=repeats, threads=threads)}
+        row["latency_permanent_ms"] = cpu_latency_ms(remove_masks(model), size, repeats=repeats, threads=threads)
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

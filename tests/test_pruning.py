@@ -205,6 +205,7 @@ def test_plans_name_every_profile_and_fit_the_registry():
     assert set(pruning.PLANS) == set(config.PROFILES)
     quick = pruning.get_plan("quick", rounds=4, repeats=[0, 1])
     assert quick.rounds == 4 and quick.repeats == (0, 1)
+    assert [c.at_rounds for c in quick.configs()] == [(), (3,), (3,), (4,)]  # controls within the rounds run
     labels = [c.label for c in pruning.get_plan("quick").configs()]
     assert labels == ["imp", "oneshot", "random", "oneshot+all"]
     assert pruning.get_plan("smoke").second_profile(config.get_profile("smoke")) is None
