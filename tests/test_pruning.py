@@ -170,7 +170,7 @@ def test_fold_runs_are_reused_and_tabled(synthetic_root, tmp_path):
     folds, _ = protocol.head_ct_folds(profile, data_dir=synthetic_root)
     configs = [pruning.PruneConfig(rate=0.5, rounds=2), pruning.PruneConfig(method="random", rate=0.5, rounds=2,
                                                                            at_rounds=(2,))]
-    common = dict(arm="scratch", folds=folds, max_folds=2, data_dir=synthetic_root, workers=1)
+    common = dict(arm="scratch", folds=folds, max_folds=1, data_dir=synthetic_root, workers=1)
     study = pruning.run_pruning(profile, configs, **common)
     assert study.dense[0].run_dir.parent.name == "cv_scratch"  # the protocol's own run
     assert pruning.dense_name(profile.replace(image_size=64), "scratch") == "cv_scratch_mobilenet_v2_64px"
@@ -197,8 +197,16 @@ def test_fold_runs_are_reused_and_tabled(synthetic_root, tmp_path):
     summary = pruning.summary(table, measured, profile="smoke")
     assert list(summary.columns) == pruning.COLUMNS
     assert summary["cpu_latency_ms"].notna().all() and len(summary) == 1 + 2 + 1
-    paired = pruning.paired_to_dense(table, n_train=20, n_test=10)
-    assert len(paired) == 3 and paired["mean_diff"].notna().all()
+
+
+def test_paired_differences_to_the_dense_model():
+    rows = [{"model": "m", "method": method, "round": k, "sparsity": s, "repeat": 0, "fold": fold, "accuracy": acc}
+            for fold in range(3) for method, k, s, acc in (("dense", 0, 0.0, 0.8 + 0.05 * fold),
+                                                           ("imp", 1, 0.2, 0.7 + 0.05 * fold))]
+    paired = pruning.paired_to_dense(pd.DataFrame(rows), n_train=100, n_test=25)
+    row = paired.iloc[0]
+    assert (row["method"], row["round"]) == ("imp", 1)
+    assert row["mean_diff"] == pytest.approx(-0.1) and row["ci_low"] == row["ci_high"] == pytest.approx(-0.1)
 
 
 def test_plans_name_every_profile_and_fit_the_registry():
