@@ -566,6 +566,11 @@ class PruningStudy:
     arm: str
     dense: list[stages.StageResult]
     runs: list[PruneResult]
+    bridges: list[stages.StageResult]  # the stage-1 runs the arm starts from (none for imagenet/scratch)
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """Every run's metrics with provenance, bridges first (for ``results.provenance``)."""
+        return [r.metrics for r in self.bridges + self.dense] + [r.metrics for r in self.runs]
 
 
 def run_pruning(profile: Profile, configs: list[PruneConfig], *, arm: str, folds: pd.DataFrame,
@@ -582,8 +587,8 @@ def run_pruning(profile: Profile, configs: list[PruneConfig], *, arm: str, folds
     if not runs:
         raise ValueError(f"no folds of repeats {repeats} in the fold table (it has {sorted(folds['repeat'].unique())})")
     common = dict(data_dir=data_dir, weights_dir=weights_dir, runs_root=runs_root, device=device)
-    for name, seed in bridges(runs):
-        stages.run_stage(name, profile, stage="stage1", init_from=STAGE1_INIT[name], seed=seed, **common)
+    bridge_runs = [stages.run_stage(name, profile, stage="stage1", init_from=STAGE1_INIT[name], seed=seed, **common)
+                   for name, seed in bridges(runs)]
     dense = stages.run_stages([dict(name=dense_name(profile, arm), profile=profile, stage="stage2",
                                     init_from=run.init_from, seed=run.seed, split=run.split, init_seed=run.init_seed,
                                     **common) for run in runs], workers=workers, device=device,
@@ -591,7 +596,7 @@ def run_pruning(profile: Profile, configs: list[PruneConfig], *, arm: str, folds
     jobs = [dict(profile=profile, config=config, arm=arm, split=run.split, seed=run.seed, init_seed=run.init_seed,
                  force=force, **{k: v for k, v in common.items() if k != "device"})
             for run in runs for config in configs]
-    return PruningStudy(profile, arm, dense, run_prunes(jobs, workers=workers, device=device))
+    return PruningStudy(profile, arm, dense, run_prunes(jobs, workers=workers, device=device), bridge_runs)
 
 
 # --------------------------------------------------------------------------- tables
@@ -700,4 +705,21 @@ def paired_to_dense(folds: pd.DataFrame, *, n_train: int, n_test: int, metric: s
             test = statistics.corrected_resampled_ttest(diffs.dropna(), n_train=n_train, n_test=n_test, level=level)
             rows.append({"model": model, "method": method, "round": int(k), "sparsity": float(group["sparsity"].mean()),
                          "metric": metric, **{key: test[key] for key in ("mean_diff", "ci_low", "ci_high", "p_value")}})
+    return pd.DataFrame(rows)
+
+
+def layer_sparsity(model: nn.Module) -> pd.DataFrame:
+    """Per convolution and linear weight: its kind (first convolution, depthwise, classifier, other), size and
+    share pruned; shows which layers a global ranking empties."""
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    first = next(n for n, m in layers if isinstance(m, nn.Conv2d))
+    classifier = [n for n, m in layers if isinstance(m, nn.Linear)][-1]
+    rows = []
+    for name, module in layers:
+        weight = effective_weight(module, "weight")
+        depthwise = isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+        kind = ("first convolution" if name == first else "classifier" if name == classifier
+                else "depthwise convolution" if depthwise else "other")
+        rows.append({"layer": name, "kind": kind, "weights": weight.numel(),
+                     "pruned": int((weight == 0).sum()), "sparsity": float((weight == 0).float().mean())})
     return pd.DataFrame(rows)
