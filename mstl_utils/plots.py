@@ -257,5 +257,36 @@ def cost_bars(costs: pd.DataFrame, *, columns: tuple[str, ...] = ("params", "mac
     handles = [plt.Rectangle((0, 0), 1, 1, color=palette[f]) for f in families]
     np.atleast_1d(axes)[-1].legend(handles, families, fontsize=7, loc="lower right")
     fig.suptitle(title)
+def pruning_curves(summary: pd.DataFrame, folds: pd.DataFrame) -> plt.Figure:
+    """Accuracy (mean with t interval over folds) and mean AUC against sparsity, one line per pruning method,
+    one row per model; the dense model's interval as a grey band (``pruning.csv``, ``pruning_folds.csv``)."""
+    model_names = list(pd.unique(summary["model"]))
+    fig, axes = plt.subplots(len(model_names), 2, figsize=(10, 3.6 * len(model_names)), squeeze=False)
+    methods = [m for m in pd.unique(summary["method"]) if m != "dense"]
+    palette = dict(zip(methods, sns.color_palette("colorblind", len(methods))))
+    for row, model in zip(axes, model_names):
+        rows = summary[summary["model"] == model]
+        dense = rows[rows["method"] == "dense"].iloc[0]
+        for ax, metric in zip(row, ("accuracy", "auc")):
+            column = f"{metric}_mean"
+            ax.axhline(dense[column], color="black", lw=1)
+            ax.plot([0], [dense[column]], "ks", ms=6, label="dense")
+            if metric == "accuracy":
+                ax.axhspan(dense["accuracy_ci_low"], dense["accuracy_ci_high"], color="0.88", label="dense 95 % CI")
+            points = folds[(folds["model"] == model) & (folds["method"] != "dense")]
+            for method in methods:
+                line = rows[rows["method"] == method].sort_values("sparsity")
+                if line.empty:
+                    continue
+                x = 100 * line["sparsity"]
+                ax.plot(x, line[column], "-o" if len(line) > 1 else "D", color=palette[method], ms=5, label=method)
+                if metric == "accuracy":
+                    ax.fill_between(x, line["accuracy_ci_low"], line["accuracy_ci_high"], color=palette[method],
+                                    alpha=0.12, lw=0)
+                mine = points[points["method"] == method]
+                ax.scatter(100 * mine["sparsity"], mine[metric], color=palette[method], s=8, alpha=0.35)
+            ax.set_xlabel("eligible weights pruned (%)")
+            ax.set_ylabel(f"test {metric} ({model})")
+        row[1].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     return fig

@@ -52,6 +52,7 @@ STEPS = (
     Step("09_chain.ipynb", "chain.ipynb"),
     Step("08_explain.ipynb", "explain.ipynb"),  # the fold runs of 04; glues a number of 01
     Step("12_architectures.ipynb", "architectures.ipynb"),  # reuses the protocol runs of 04 for the profile's model
+    Step("11_pruning.ipynb", "pruning.ipynb"),  # prunes the fold runs of 04
     Step("06_benchmark.ipynb", "benchmark.ipynb"),  # last: it reports the wall time of the steps above
 )
 

@@ -1,0 +1,725 @@
+"""Lottery-ticket pruning of a transferred network: iterative magnitude pruning with rewinding, and its controls.
+
+Iterative magnitude pruning (IMP; Frankle & Carbin 2019) on one head-CT fold:
+
+    dense stage-2 run (the protocol's fold run) -> prune the smallest-magnitude share of the
+    surviving weights (global L1 over the eligible layers) -> rewind the survivors to the
+    stage's starting weights (stage 1 or ImageNet, plus the fresh head) -> retrain -> prune ...
+
+The controls take the same sparsities: ``oneshot`` prunes the dense-trained model once, then
+rewinds and retrains; ``random`` draws a random global mask, then rewinds and retrains.
+
+``torch.nn.utils.prune`` re-parametrises a pruned weight as ``weight_orig * weight_mask`` (a
+forward pre-hook recomputes ``weight``), and each further call prunes a share of what remains.
+Here every call is given the exact number of weights to remove, so that the sparsity after
+each round is the target to the weight; checkpoints store the effective (masked) weights as a
+plain state dict, which any model of the registry loads, plus the masks as booleans, which
+``load_pruned`` re-applies. A run writes
+
+    runs/<profile>/prune_<model>_<arm>_<method>[+<scope>]/<split>/
+        config.json              what was asked (profile, arm, split, PruneConfig, dense run's sha256)
+        round<k>/                one pruning round: metrics.json, history.csv, predictions.csv, checkpoint.pt
+        rounds.csv               one row per round (sparsity, parameters left, test metrics)
+        metrics.json             provenance; written last, so it marks a complete run
+
+and a killed run continues after its last complete round.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import multiprocessing
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from . import __version__, models, paths, repro, stages, statistics, train
+from .config import ARM_INIT, Profile
+from .metrics import binary_metrics
+from .stages import Split
+
+log = logging.getLogger(__name__)
+
+#: Pruning methods: iterative magnitude pruning with rewinding, and its two controls.
+METHODS = ("imp", "oneshot", "random")
+#: Which weights take part. "backbone": every convolution and linear weight except the first
+#: convolution, the depthwise convolutions and the classifier (few weights, each carrying much:
+#: a pruned depthwise 3x3 kernel loses a ninth of its channel's filter); "all": every one.
+SCOPES = ("backbone", "all")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """One pruning schedule (goes into every run's config.json)."""
+
+    method: str = "imp"  # one of METHODS
+    rate: float = 0.2  # share of the surviving eligible weights removed per IMP round
+    rounds: int = 10  # IMP rounds: sparsity after round k is 1 - (1 - rate)^k (10 rounds: 89.3 %)
+    scope: str = "backbone"  # one of SCOPES
+    at_rounds: tuple[int, ...] = ()  # oneshot/random only: the IMP rounds whose sparsities they are trained at
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r}; expected one of {METHODS}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope={self.scope!r}; expected one of {SCOPES}")
+        if not 0 < self.rate < 1 or self.rounds < 1:
+            raise ValueError(f"rate={self.rate}, rounds={self.rounds}; expected 0 < rate < 1 and rounds >= 1")
+        if (self.method == "imp") == bool(self.at_rounds):
+            raise ValueError("at_rounds: empty for 'imp' (every round is trained), required for the controls")
+        if any(not 1 <= k <= self.rounds for k in self.at_rounds):
+            raise ValueError(f"at_rounds={self.at_rounds}; expected rounds between 1 and {self.rounds}")
+
+    @property
+    def label(self) -> str:
+        """The method as tables name it: ``imp``, ``oneshot``, ``random``, with ``+all`` for the wider scope."""
+        return self.method if self.scope == "backbone" else f"{self.method}+{self.scope}"
+
+    def schedule(self) -> list[tuple[int, float]]:
+        """(round, target sparsity of the eligible weights) of every round this run trains."""
+        rounds = range(1, self.rounds + 1) if self.method == "imp" else self.at_rounds
+        return [(k, 1 - (1 - self.rate) ** k) for k in rounds]
+
+
+@dataclass(frozen=True)
+class PruningPlan:
+    """What the pruning chapter runs for one profile: the schedules, and a second network."""
+
+    repeats: tuple[int, ...] = (0,)  # protocol repeats whose folds are pruned (repeat 0: its 5 folds)
+    max_folds: int | None = None  # only the first folds of each repeat (None: all)
+    rate: float = 0.2  # IMP: share of the surviving weights removed per round
+    rounds: int = 10  # IMP rounds (10 x 20 %: 89.3 % of the eligible weights)
+    control_rounds: tuple[int, ...] = (3, 6, 10)  # one-shot and random controls at these rounds' sparsities
+    scope: str = "backbone"  # the layers taking part (SCOPES)
+    scope_round: int = 10  # the other scope is measured once: one-shot at this round's sparsity
+    second_model: str = "resnet18"  # a network of the second paper, from random weights ("": none)
+    second_image_size: int = 64  # its input size (ResNet-18 costs ~6x MobileNetV2 per pixel)
+    second_rate: float = 0.5  # its IMP rate per round (fewer, larger rounds)
+    second_rounds: int = 3  # its IMP rounds (3 x 50 %: 87.5 %)
+    latency_repeats: int = 30  # timed forward passes per model (the median is reported)
+
+    def configs(self) -> list[PruneConfig]:
+        """IMP, the one-shot and random controls, and the other scope once."""
+        other = next(s for s in SCOPES if s != self.scope)
+        common = dict(rate=self.rate, rounds=self.rounds)
+        # Fewer rounds than the plan's (a notebook parameter): the controls keep the rounds that remain.
+        at = tuple(k for k in self.control_rounds if k <= self.rounds) or (self.rounds,)
+        return [PruneConfig(scope=self.scope, **common),
+                PruneConfig(method="oneshot", scope=self.scope, at_rounds=at, **common),
+                PruneConfig(method="random", scope=self.scope, at_rounds=at, **common),
+                PruneConfig(method="oneshot", scope=other, at_rounds=(min(self.scope_round, self.rounds),), **common)]
+
+    def second_configs(self) -> list[PruneConfig]:
+        """The second network's smaller budget: IMP and the random control at its last round."""
+        common = dict(rate=self.second_rate, rounds=self.second_rounds, scope=self.scope)
+        return [PruneConfig(**common), PruneConfig(method="random", at_rounds=(self.second_rounds,), **common)]
+
+    def second_profile(self, profile: Profile) -> Profile | None:
+        """``profile`` for the second network, or None when there is none or the model registry lacks it."""
+        if not self.second_model or self.second_model not in models.MODELS:
+            return None
+        return profile.replace(model=self.second_model, image_size=self.second_image_size)
+
+
+PLANS: dict[str, PruningPlan] = {
+    "smoke": PruningPlan(max_folds=2, rate=0.5, rounds=2, control_rounds=(2,), scope_round=2, second_model="",
+                         latency_repeats=2),
+    "quick": PruningPlan(),
+    "paper": PruningPlan(repeats=tuple(range(10)), second_image_size=224, second_rate=0.2, second_rounds=10),
+}
+
+
+def get_plan(profile: str, **changes: Any) -> PruningPlan:
+    """The pruning plan of ``profile`` with ``changes`` (lists become tuples)."""
+    if profile not in PLANS:
+        raise ValueError(f"no pruning plan for profile {profile!r}; expected one of {sorted(PLANS)}")
+    return replace(PLANS[profile], **{k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()})
+
+
+# --------------------------------------------------------------------------- masks and weights
+
+
+def eligible_parameters(model: nn.Module, scope: str = "backbone") -> list[tuple[nn.Module, str]]:
+    """(module, "weight") of every convolution and linear layer taking part under ``scope``,
+    in module order. The classifier is the last linear layer."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope={scope!r}; expected one of {SCOPES}")
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if scope == "all":
+        return [(m, "weight") for m in layers]
+    first = next((m for m in layers if isinstance(m, nn.Conv2d)), None)
+    classifier = [m for m in layers if isinstance(m, nn.Linear)][-1:]
+    return [(m, "weight") for m in layers
+            if m is not first and not any(m is c for c in classifier)
+            and not (isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels)]
+
+
+def effective_weight(module: nn.Module, name: str) -> torch.Tensor:
+    """The weight the forward pass uses: ``orig * mask`` when pruned. Computed afresh (the
+    ``weight`` attribute the pruning hook sets is only refreshed by a forward pass)."""
+    if prune.is_pruned(module) and hasattr(module, f"{name}_mask"):
+        return getattr(module, f"{name}_orig") * getattr(module, f"{name}_mask")
+    return getattr(module, name)
+
+
+def sparsity(params: list[tuple[nn.Module, str]]) -> float:
+    """Share of the given weights that are zero (pruned, or zero by chance)."""
+    total = sum(effective_weight(m, n).numel() for m, n in params)
+    zeros = sum(int((effective_weight(m, n) == 0).sum()) for m, n in params)
+    return zeros / total
+
+
+def _pruned_count(params: list[tuple[nn.Module, str]]) -> int:
+    return sum(int((getattr(m, f"{n}_mask") == 0).sum()) if hasattr(m, f"{n}_mask") else 0 for m, n in params)
+
+
+def prune_global(model: nn.Module, params: list[tuple[nn.Module, str]], target: float, *,
+                 method: str = "l1", seed: int = 0) -> int:
+    """Prune ``params`` together until exactly ``round(target * n)`` of their ``n`` weights are pruned
+    (``method``: "l1" smallest magnitudes of the current weights, or "random"); return the number pruned now.
+
+    ``torch.nn.utils.prune`` prunes a given count among the weights still unpruned, so the count is
+    the target minus what earlier rounds removed, never the target's share again.
+    """
+    if not 0 <= target < 1:
+        raise ValueError(f"target sparsity {target}; expected 0 <= target < 1")
+    if method not in ("l1", "random"):
+        raise ValueError(f"method={method!r}; expected 'l1' or 'random'")
+    # parameters_to_vector needs contiguous tensors; training leaves them channels_last.
+    model.to(memory_format=torch.contiguous_format)
+    total = sum(getattr(m, n if not hasattr(m, f"{n}_orig") else f"{n}_orig").numel() for m, n in params)
+    count = round(target * total) - _pruned_count(params)
+    if count < 0:
+        raise ValueError(f"target sparsity {target:.4f} is below the {_pruned_count(params) / total:.4f} already pruned")
+    scores = {(m, n): effective_weight(m, n).detach().abs().contiguous() for m, n in params}
+    torch.manual_seed(seed)  # the random control's draw (L1 draws nothing)
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured if method == "l1" else prune.RandomUnstructured,
+                              importance_scores=scores, amount=count)
+    return count
+
+
+def masks_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{"<module>.<param>": bool mask}`` of every pruned parameter."""
+    return {key.removesuffix("_mask"): value.bool() for key, value in model.state_dict().items()
+            if key.endswith("_mask")}
+
+
+def effective_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict a plain (unpruned) model of the same architecture loads: masked weights under their own names."""
+    state = model.state_dict()
+    plain = {}
+    for key, value in state.items():
+        if key.endswith("_mask"):
+            continue
+        if key.endswith("_orig"):
+            name = key.removesuffix("_orig")
+            plain[name] = (value * state[f"{name}_mask"]).contiguous()
+        else:
+            plain[key] = value
+    return plain
+
+
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
+    """Re-apply saved masks (``masks_of``) to a model that holds the matching weights."""
+    for name, mask in masks.items():
+        module_name, _, param = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        weight = getattr(module, param)
+        if weight.shape != mask.shape:
+            raise ValueError(f"mask {name} has shape {tuple(mask.shape)}; the model's weight has {tuple(weight.shape)}")
+        prune.custom_from_mask(module, param, mask.to(weight.dtype))
+    return model
+
+
+def rewind(model: nn.Module, start_state: dict[str, torch.Tensor]) -> None:
+    """Set every weight and buffer to ``start_state`` (a plain state dict of the unpruned start), the
+    pruned ones through ``<name>_orig``: survivors get their starting values, pruned weights stay zero."""
+    state = model.state_dict()
+    missing = [k for k in start_state if k not in state and f"{k}_orig" not in state]
+    if missing:
+        raise ValueError(f"start state does not fit the model: no {missing[:3]}")
+    with torch.no_grad():
+        for key, value in start_state.items():
+            state[f"{key}_orig" if f"{key}_orig" in state else key].copy_(value)
+
+
+def _pruned_names(module: nn.Module) -> list[str]:
+    return [hook._tensor_name for hook in module._forward_pre_hooks.values()
+            if isinstance(hook, prune.BasePruningMethod)]
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` that also copies a pruned model: the ``weight`` a pruning hook computed in the
+    last forward pass is part of the autograd graph, which deepcopy refuses; it is replaced by a
+    detached copy (the next forward pass recomputes it anyway)."""
+    for module in model.modules():
+        for name in _pruned_names(module):
+            setattr(module, name, effective_weight(module, name).detach())
+    return copy.deepcopy(model)
+
+
+def remove_masks(model: nn.Module) -> nn.Module:
+    """Fold the masks into plain weights, in place (zeros stay in dense tensors; no hooks); return the model."""
+    for module in model.modules():
+        for name in _pruned_names(module):
+            prune.remove(module, name)
+    return model
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with its masks folded into plain weights (``remove_masks``)."""
+    return remove_masks(copy_model(model))
+
+
+def save_pruned(path: str | Path, model: nn.Module, payload: dict[str, Any]) -> Path:
+    """A checkpoint (``payload`` + ``state_dict`` + ``masks``) that ``models.load_from_checkpoint`` reads as a
+    plain model and ``load_pruned`` as a pruned one."""
+    return train.save_checkpoint(path, {**payload, "state_dict": effective_state(model), "masks": masks_of(model)})
+
+
+def load_pruned(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """(pruned model, checkpoint) from ``save_pruned``: weights loaded, masks re-applied."""
+    checkpoint = train.load_checkpoint(path)
+    if "masks" not in checkpoint:
+        raise ValueError(f"{path}: not a pruned checkpoint (no 'masks'); write it with save_pruned")
+    model, _ = models.load_from_checkpoint(checkpoint, num_classes=checkpoint["num_classes"], stage="pruned")
+    return apply_masks(model, checkpoint["masks"]), checkpoint
+
+
+def nonzero_parameters(model: nn.Module) -> int:
+    """Nonzero entries over every parameter of the model (biases, normalisation and unpruned layers included)."""
+    names = {name.removesuffix("_orig") for name, _ in model.named_parameters()}
+    return sum(int(torch.count_nonzero(v)) for k, v in effective_state(model).items() if k in names)
+
+
+# --------------------------------------------------------------------------- what pruning buys
+
+
+def file_sizes(model: nn.Module) -> dict[str, float]:
+    """Size in MB of the weights written three ways: ``dense_mb`` (torch.save of fp32 tensors),
+    ``dense_zip_mb`` (the same arrays, zip-compressed) and ``sparse_mb`` (pruned tensors as fp32
+    survivors plus a one-bit mask, everything else dense, zip-compressed)."""
+    state = {k: v.detach().cpu() for k, v in effective_state(model).items()}
+    masks = masks_of(model)
+
+    def size(write) -> float:
+        buffer = io.BytesIO()
+        write(buffer)
+        return buffer.getbuffer().nbytes / 1e6
+
+    arrays = {k: v.numpy() for k, v in state.items()}
+    sparse = {}
+    for key, value in arrays.items():
+        if key in masks:
+            mask = masks[key].numpy()
+            sparse[f"{key}.values"] = value[mask]
+            sparse[f"{key}.bits"] = np.packbits(mask.ravel())
+        else:
+            sparse[key] = value
+    return {"dense_mb": size(lambda b: torch.save(state, b)),
+            "dense_zip_mb": size(lambda b: np.savez_compressed(b, **arrays)),
+            "sparse_mb": size(lambda b: np.savez_compressed(b, **sparse))}
+
+
+@torch.inference_mode()
+def cpu_latency_ms(model: nn.Module, image_size: int, *, repeats: int = 30, warmup: int = 5, threads: int = 1) -> float:
+    """Median milliseconds of one forward pass at batch 1 on the CPU with ``threads`` threads."""
+    model = model.cpu().eval().to(memory_format=torch.contiguous_format)
+    x = torch.rand(1, getattr(model, "in_chans", 1), image_size, image_size)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        times = []
+        for i in range(warmup + repeats):
+            start = time.perf_counter()
+            model(x)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(before)
+    return 1000 * float(np.median(times))
+
+
+# --------------------------------------------------------------------------- one fold's rounds as a run directory
+
+
+@dataclass
+class PruneResult:
+    """A complete pruning run, read back from its run directory."""
+
+    run_dir: Path
+    config: dict[str, Any]  # what was asked (config.json)
+    rounds: pd.DataFrame  # rounds.csv
+    metrics: dict[str, Any]  # provenance (metrics.json)
+
+    @property
+    def prune_config(self) -> PruneConfig:
+        asked = self.config["prune"]
+        return PruneConfig(**{**asked, "at_rounds": tuple(asked["at_rounds"])})
+
+
+def dense_name(profile: Profile, arm: str) -> str:
+    """The dense fold runs pruning starts from: the protocol's own (``cv_<arm>``) when ``profile`` is a named
+    profile unchanged, else runs of their own, so that the protocol's runs are never overwritten."""
+    from .config import get_profile
+
+    if profile == get_profile(profile.name, data=profile.data):
+        return f"cv_{arm}"
+    return f"cv_{arm}_{profile.model}_{profile.image_size}px"
+
+
+def run_name(profile: Profile, arm: str, config: PruneConfig) -> str:
+    return f"prune_{profile.model}_{profile.image_size}px_{arm}_{config.label}"
+
+
+def _requested(profile: Profile, config: PruneConfig, *, arm: str, split: Split, seed: int, init_seed: int,
+               runs_root: str | Path | None) -> dict[str, Any]:
+    dense = stages.run_dir_for(profile, dense_name(profile, arm), seed, runs_root, split) / "checkpoint.pt"
+    requested = {"name": run_name(profile, arm, config), "arm": arm, "init_from": ARM_INIT[arm], "seed": seed,
+                 "init_seed": init_seed, "split": {"repeat": split.repeat, "fold": split.fold,
+                                                   "test_ids": sorted(split.test_ids)},
+                 "profile": profile.to_dict(), "prune": asdict(config), "code_version": __version__,
+                 # The rounds start from this dense run: a changed one re-runs them.
+                 "dense": dense_name(profile, arm), "dense_sha256": repro.sha256_file(dense) if dense.is_file() else None}
+    return json.loads(json.dumps(requested))
+
+
+def _complete_with(run_dir: Path, requested: dict[str, Any]) -> bool:
+    return ((run_dir / "metrics.json").is_file() and (run_dir / "config.json").is_file()
+            and json.loads((run_dir / "config.json").read_text()) == requested)
+
+
+def is_complete(profile: Profile, config: PruneConfig, *, arm: str, split: Split, seed: int, init_seed: int,
+                runs_root: str | Path | None = None, **_: Any) -> bool:
+    """True when ``run_prune`` with these arguments (and no ``force``) would reuse a complete run."""
+    requested = _requested(profile, config, arm=arm, split=split, seed=seed, init_seed=init_seed, runs_root=runs_root)
+    return _complete_with(stages.run_dir_for(profile, requested["name"], seed, runs_root, split), requested)
+
+
+def load_prune_result(run_dir: str | Path) -> PruneResult:
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.json").is_file():
+        raise FileNotFoundError(f"{run_dir}: not a complete pruning run (no metrics.json)")
+    return PruneResult(run_dir, json.loads((run_dir / "config.json").read_text()),
+                       pd.read_csv(run_dir / "rounds.csv"), json.loads((run_dir / "metrics.json").read_text()))
+
+
+def _write_json(path: Path, value: Any) -> None:
+    repro.atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str)))
+
+
+def _train_round(model: nn.Module, stage_data, profile: Profile, *, seed: int, device: torch.device,
+                 progress: bool) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Retrain a rewound model with the dense run's seed (same data order and augmentation); test it."""
+    cfg = profile.stage2
+    generator = repro.seed_everything(seed, deterministic=profile.deterministic)
+    history = train.fit(
+        model, stage_data.loader("train", batch_size=cfg.batch_size, augment=True, generator=generator, device=device),
+        stage_data.loader("val", batch_size=64, device=device), num_epochs=cfg.num_epochs, lr=cfg.lr,
+        # Adam's weight decay would move nothing here (a pruned weight's gradient is zero and
+        # its effective value is orig * 0), but the profiles use none anyway.
+        weight_decay=cfg.weight_decay, device=device, precision=profile.precision, compile=profile.compile,
+        progress=progress)
+    probs, labels = train.predict(model, stage_data.loader("test", batch_size=64, device=device), device=device,
+                                  precision=profile.precision)
+    test_rows = stage_data.table[stage_data.table["part"] == "test"]
+    predictions = pd.DataFrame({"image_id": test_rows["group"].to_numpy(), "label": labels,
+                                "prob": probs[:, 1], "pred": probs.argmax(1)})
+    return history, predictions, binary_metrics(labels, probs[:, 1])
+
+
+def run_prune(profile: Profile, config: PruneConfig, *, arm: str, split: Split, seed: int, init_seed: int,
+              data_dir: str | Path | None = None, weights_dir: str | Path | None = None,
+              runs_root: str | Path | None = None, device: str = "auto", force: bool = False,
+              progress: bool = True) -> PruneResult:
+    """Every round of ``config`` on one fold, from the fold's complete dense run (``dense_name``); reuses a
+    complete run with the same settings and continues an interrupted one after its last complete round."""
+    requested = _requested(profile, config, arm=arm, split=split, seed=seed, init_seed=init_seed, runs_root=runs_root)
+    run_dir = stages.run_dir_for(profile, requested["name"], seed, runs_root, split)
+    if not force and _complete_with(run_dir, requested):
+        return load_prune_result(run_dir)
+    if requested["dense_sha256"] is None:
+        raise FileNotFoundError(f"{requested['dense']}/{split.key}: no dense run to prune; run it first "
+                                "(run_pruning does)")
+    same = (not force and (run_dir / "config.json").is_file()
+            and json.loads((run_dir / "config.json").read_text()) == requested)
+    for stale in ([] if same else run_dir.glob("round*/metrics.json")):
+        stale.unlink()  # rounds of other settings are not reused
+    (run_dir / "metrics.json").unlink(missing_ok=True)
+    _write_json(run_dir / "config.json", requested)
+    started, clock = repro.now(), time.perf_counter()
+    if profile.num_threads:
+        torch.set_num_threads(profile.num_threads)
+    # The dense run's order of draws: seed, data, starting model (its fresh head included).
+    repro.seed_everything(seed, deterministic=profile.deterministic)
+    torch_device = repro.pick_device(device)
+    stage_data = stages.prepare_data(profile, "stage2", seed=seed, split=split, data_dir=data_dir)
+    start_model, weights = stages.initial_model(profile, init_from=ARM_INIT[arm], num_classes=stage_data.num_classes,
+                                                seed=init_seed, runs_root=runs_root, weights_dir=weights_dir)
+    start_state = {k: v.clone() for k, v in start_model.state_dict().items()}
+    dense_dir = stages.run_dir_for(profile, requested["dense"], seed, runs_root, split)
+    dense_model, _ = models.load_from_checkpoint(train.load_checkpoint(dense_dir / "checkpoint.pt"),
+                                                 num_classes=stage_data.num_classes, stage=requested["dense"])
+    current = start_model if config.method == "random" else dense_model
+    rows = []
+    for k, target in config.schedule():
+        round_dir = run_dir / f"round{k:02d}"
+        if (round_dir / "metrics.json").is_file():
+            model, _ = load_pruned(round_dir / "checkpoint.pt")
+            row = json.loads((round_dir / "metrics.json").read_text())
+        else:
+            model = copy_model(current)
+            params = eligible_parameters(model, config.scope)
+            pruned_now = prune_global(model, params, target, method="random" if config.method == "random" else "l1",
+                                      seed=1000 * seed + k)
+            rewind(model, start_state)
+            history, predictions, metrics = _train_round(model, stage_data, profile, seed=seed, device=torch_device,
+                                                         progress=progress)
+            model.cpu()
+            row = {"round": k, "target_sparsity": target, "sparsity": sparsity(params), "pruned_now": pruned_now,
+                   "eligible_params": sum(effective_weight(m, n).numel() for m, n in params),
+                   "nonzero_params": nonzero_parameters(model), **metrics,
+                   "train_seconds": float(history["seconds"].sum())}
+            for table, name in ((history, "history.csv"), (predictions, "predictions.csv")):
+                repro.atomic_write(round_dir / name, lambda tmp, table=table: table.to_csv(tmp, index=False))
+            save_pruned(round_dir / "checkpoint.pt", model, {
+                "model": profile.model, "num_classes": stage_data.num_classes,
+                "class_names": list(stage_data.class_names), "config": requested, "weights": asdict(weights),
+                "round": k, "sparsity": row["sparsity"]})
+            _write_json(round_dir / "metrics.json", row)  # last: marks the round complete
+            log.info("%s %s round %d: sparsity %.3f, accuracy %.3f", requested["name"], split.key, k,
+                     row["sparsity"], row["accuracy"])
+        if config.method == "imp":
+            current = model  # the next round prunes this round's trained survivors
+        rows.append(row)
+    rounds = pd.DataFrame(rows)
+    repro.atomic_write(run_dir / "rounds.csv", lambda tmp: rounds.to_csv(tmp, index=False))
+    _write_json(run_dir / "metrics.json", {"provenance": {
+        "name": requested["name"], "stage": "stage2", "init_from": ARM_INIT[arm],
+        "profile": profile.name, "model": profile.model, "image_size": profile.image_size, "arm": arm,
+        "method": config.label, "seed": seed, "init_seed": init_seed, "split": split.key,
+        "data": stage_data.describe(), "weights": asdict(weights),
+        "dense": {"name": requested["dense"], "sha256": requested["dense_sha256"]},
+        "code": {**repro.git_version(paths.project_root()), "package_version": __version__},
+        "hardware": repro.hardware(), "device": repro.describe_device(torch_device),
+        "num_threads": torch.get_num_threads(), "started": started, "finished": repro.now(),
+        "train_seconds": float(rounds["train_seconds"].sum()), "wall_seconds": time.perf_counter() - clock}})
+    return load_prune_result(run_dir)
+
+
+# --------------------------------------------------------------------------- every fold, two at a time
+
+
+def _run_job(job: dict[str, Any]) -> str:
+    return str(run_prune(**job, progress=False).run_dir)
+
+
+def run_prunes(jobs: list[dict[str, Any]], *, workers: int | None = None, device: str = "auto") -> list[PruneResult]:
+    """``run_prune(**job)`` for every job, ``workers`` at a time in separate processes (as
+    ``stages.run_stages``); results in job order. The longest schedules start first, so that the
+    workers finish together."""
+    todo = sorted((job for job in jobs if job.get("force") or not is_complete(**job)),
+                  key=lambda job: -len(job["config"].schedule()))
+    workers = stages.default_workers(len(todo), device) if workers is None else workers
+    if workers <= 1 or len(todo) <= 1:
+        for job in todo:
+            run_prune(**job, device=device)
+            log.info("%s %s done", run_name(job["profile"], job["arm"], job["config"]), job["split"].key)
+    else:
+        threads = max(1, torch.get_num_threads() // workers)
+        log.info("%d pruning runs (%d complete, reused), %d at a time (%d thread(s) each)", len(todo),
+                 len(jobs) - len(todo), workers, threads)
+        context = multiprocessing.get_context("spawn")  # not fork: torch threads may already run
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context, initializer=stages.init_worker,
+                                 initargs=(threads,)) as pool:
+            pending = {pool.submit(_run_job, {**job, "device": device}): job for job in todo}
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    job = pending.pop(future)
+                    if future.exception() is not None:
+                        for other in pending:
+                            other.cancel()
+                        raise RuntimeError(f"pruning run {run_name(job['profile'], job['arm'], job['config'])} "
+                                           f"{job['split'].key} failed: {future.exception()}") from future.exception()
+                    log.info("%s %s done", run_name(job["profile"], job["arm"], job["config"]), job["split"].key)
+    return [load_prune_result(stages.run_dir_for(job["profile"], run_name(job["profile"], job["arm"], job["config"]),
+                                                 job["seed"], job.get("runs_root"), job["split"])) for job in jobs]
+
+
+@dataclass
+class PruningStudy:
+    """The dense fold runs and the pruning runs of one model and arm."""
+
+    profile: Profile
+    arm: str
+    dense: list[stages.StageResult]
+    runs: list[PruneResult]
+    bridges: list[stages.StageResult]  # the stage-1 runs the arm starts from (none for imagenet/scratch)
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """Every run's metrics with provenance, bridges first (for ``results.provenance``)."""
+        return [r.metrics for r in self.bridges + self.dense] + [r.metrics for r in self.runs]
+
+
+def run_pruning(profile: Profile, configs: list[PruneConfig], *, arm: str, folds: pd.DataFrame,
+                repeats: tuple[int, ...] = (0,), max_folds: int | None = None, data_dir: str | Path | None = None,
+                weights_dir: str | Path | None = None, runs_root: str | Path | None = None, device: str = "auto",
+                force: bool = False, workers: int | None = None) -> PruningStudy:
+    """The arm's dense runs on every fold of ``repeats`` (the first ``max_folds`` of each; None: all), the
+    protocol's own runs (reused) for an unchanged profile, then every pruning schedule on each fold."""
+    from .config import STAGE1_INIT
+    from .protocol import bridges, plan
+
+    runs = [r for r in plan(profile, folds, arms=(arm,))
+            if r.split.repeat in repeats and (max_folds is None or r.split.fold < max_folds)]
+    if not runs:
+        raise ValueError(f"no folds of repeats {repeats} in the fold table (it has {sorted(folds['repeat'].unique())})")
+    common = dict(data_dir=data_dir, weights_dir=weights_dir, runs_root=runs_root, device=device)
+    bridge_runs = [stages.run_stage(name, profile, stage="stage1", init_from=STAGE1_INIT[name], seed=seed, **common)
+                   for name, seed in bridges(runs)]
+    dense = stages.run_stages([dict(name=dense_name(profile, arm), profile=profile, stage="stage2",
+                                    init_from=run.init_from, seed=run.seed, split=run.split, init_seed=run.init_seed,
+                                    **common) for run in runs], workers=workers, device=device,
+                              description="dense fold runs")
+    jobs = [dict(profile=profile, config=config, arm=arm, split=run.split, seed=run.seed, init_seed=run.init_seed,
+                 force=force, **{k: v for k, v in common.items() if k != "device"})
+            for run in runs for config in configs]
+    return PruningStudy(profile, arm, dense, run_prunes(jobs, workers=workers, device=device), bridge_runs)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+#: Columns of ``pruning_folds.csv``: one row per model, arm, method, round and fold.
+FOLD_COLUMNS = ["model", "arm", "method", "round", "target_sparsity", "sparsity", "repeat", "fold", "accuracy", "auc",
+                "nonzero_params", "train_seconds"]
+#: Columns of ``pruning.csv`` (the results contract): one row per model, method and round.
+COLUMNS = ["model", "method", "round", "sparsity", "arm", "profile", "accuracy_mean", "accuracy_ci_low",
+           "accuracy_ci_high", "auc_mean", "nonzero_params", "sparse_size_mb", "cpu_latency_ms"]
+
+
+def profile_label(profile: Profile) -> str:
+    """The profile's name, with the image size when it differs from the named profile's (e.g. ``quick 64px``)."""
+    from .config import PROFILES
+
+    named = PROFILES.get(profile.name)
+    return profile.name if named and named.image_size == profile.image_size else f"{profile.name} {profile.image_size}px"
+
+
+def _dense_model(result: stages.StageResult) -> nn.Module:
+    checkpoint = train.load_checkpoint(result.run_dir / "checkpoint.pt")
+    return models.load_from_checkpoint(checkpoint, num_classes=checkpoint["num_classes"], stage="dense")[0]
+
+
+def fold_table(study: PruningStudy) -> pd.DataFrame:
+    """``pruning_folds.csv``: every round's test metrics per fold, the dense runs as round 0."""
+    rows = []
+    for result in study.dense:
+        split = result.config["split"]
+        rows.append({"model": study.profile.model, "arm": study.arm, "method": "dense", "round": 0,
+                     "target_sparsity": 0.0, "sparsity": 0.0, "repeat": split["repeat"], "fold": split["fold"],
+                     "accuracy": result.metrics["accuracy"], "auc": result.metrics["auc"],
+                     "nonzero_params": nonzero_parameters(_dense_model(result)),
+                     "train_seconds": result.metrics["provenance"]["train_seconds"]})
+    for run in study.runs:
+        split = run.config["split"]
+        method = run.prune_config.label
+        for row in run.rounds.to_dict("records"):
+            rows.append({"model": study.profile.model, "arm": study.arm, "method": method, "repeat": split["repeat"],
+                         "fold": split["fold"], **{k: row[k] for k in FOLD_COLUMNS if k in row}})
+    return pd.DataFrame(rows)[FOLD_COLUMNS]
+
+
+def _checkpoints(study: PruningStudy) -> dict[tuple[str, int], Path | stages.StageResult]:
+    """The first fold's model of every (method, round): what sizes and latencies are measured on."""
+    first = study.dense[0]
+    found: dict[tuple[str, int], Any] = {("dense", 0): first}
+    for run in study.runs:
+        if run.config["split"] == first.config["split"]:
+            for k in run.rounds["round"]:
+                found[(run.prune_config.label, int(k))] = run.run_dir / f"round{int(k):02d}" / "checkpoint.pt"
+    return found
+
+
+def costs(study: PruningStudy, *, repeats: int = 30, threads: int = 1) -> pd.DataFrame:
+    """Per (method, round), measured on the first fold's model: file sizes (``file_sizes``) and the CPU
+    latency at batch 1 of the model as trained (``masked``: pruning hooks multiply each weight by its
+    mask on every call) and with the masks made permanent (zeros in dense tensors, no hooks)."""
+    rows = []
+    for (method, k), source in _checkpoints(study).items():
+        model = _dense_model(source) if method == "dense" else load_pruned(source)[0]
+        size = study.profile.image_size
+        row = {"model": study.profile.model, "method": method, "round": k, **file_sizes(model),
+               "latency_masked_ms": cpu_latency_ms(model, size, repeats=repeats, threads=threads)}
+        row["latency_permanent_ms"] = cpu_latency_ms(remove_masks(model), size, repeats=repeats, threads=threads)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary(folds: pd.DataFrame, measured: pd.DataFrame, *, profile: str, level: float = 0.95) -> pd.DataFrame:
+    """``pruning.csv``: per model, arm, method and round the mean accuracy with its t interval over the folds,
+    the mean AUC, the parameters left, the sparse file size and the latency of the permanent model."""
+    rows = []
+    for (model, arm, method, k), group in folds.groupby(["model", "arm", "method", "round"], sort=False):
+        ci = statistics.mean_ci(group["accuracy"], level=level)
+        cost = measured[(measured["model"] == model) & (measured["method"] == method) & (measured["round"] == k)]
+        rows.append({"model": model, "method": method, "round": int(k), "sparsity": float(group["sparsity"].mean()),
+                     "arm": arm, "profile": profile, "accuracy_mean": ci["mean"], "accuracy_ci_low": ci["ci_low"],
+                     "accuracy_ci_high": ci["ci_high"], "auc_mean": float(group["auc"].mean()),
+                     "nonzero_params": int(round(group["nonzero_params"].mean())),
+                     "sparse_size_mb": float(cost["sparse_mb"].iloc[0]) if len(cost) else float("nan"),
+                     "cpu_latency_ms": float(cost["latency_permanent_ms"].iloc[0]) if len(cost) else float("nan")})
+    return pd.DataFrame(rows, columns=COLUMNS).sort_values(["model", "method", "round"], ignore_index=True)
+
+
+def sparsest_matching(table: pd.DataFrame, *, model: str, method: str = "imp") -> pd.Series | None:
+    """The sparsest ``method`` row of ``model`` whose mean accuracy is not below the lower end of the dense
+    model's interval (None when no round is)."""
+    rows = table[table["model"] == model]
+    dense = rows[rows["method"] == "dense"].iloc[0]
+    ok = rows[(rows["method"] == method) & (rows["accuracy_mean"] >= dense["accuracy_ci_low"])]
+    return None if ok.empty else ok.sort_values("sparsity").iloc[-1]
+
+
+def paired_to_dense(folds: pd.DataFrame, *, n_train: int, n_test: int, metric: str = "accuracy",
+                    level: float = 0.95) -> pd.DataFrame:
+    """Per model, method and round: the paired difference to the dense model on the same folds, by the corrected
+    resampled t-test (Nadeau & Bengio; ``n_train``/``n_test``: images trained on and tested per fold)."""
+    rows = []
+    for model, runs in folds.groupby("model", sort=False):
+        dense = runs[runs["method"] == "dense"].set_index(["repeat", "fold"])[metric]
+        for (method, k), group in runs[runs["method"] != "dense"].groupby(["method", "round"], sort=False):
+            diffs = group.set_index(["repeat", "fold"])[metric] - dense
+            test = statistics.corrected_resampled_ttest(diffs.dropna(), n_train=n_train, n_test=n_test, level=level)
+            rows.append({"model": model, "method": method, "round": int(k), "sparsity": float(group["sparsity"].mean()),
+                         "metric": metric, **{key: test[key] for key in ("mean_diff", "ci_low", "ci_high", "p_value")}})
+    return pd.DataFrame(rows)
+
+
+def layer_sparsity(model: nn.Module) -> pd.DataFrame:
+    """Per convolution and linear weight: its kind (first convolution, depthwise, classifier, other), size and
+    share pruned; shows which layers a global ranking empties."""
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    first = next(n for n, m in layers if isinstance(m, nn.Conv2d))
+    classifier = [n for n, m in layers if isinstance(m, nn.Linear)][-1]
+    rows = []
+    for name, module in layers:
+        weight = effective_weight(module, "weight")
+        depthwise = isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+        kind = ("first convolution" if name == first else "classifier" if name == classifier
+                else "depthwise convolution" if depthwise else "other")
+        rows.append({"layer": name, "kind": kind, "weights": weight.numel(),
+                     "pruned": int((weight == 0).sum()), "sparsity": float((weight == 0).float().mean())})
+    return pd.DataFrame(rows)
