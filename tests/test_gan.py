@@ -91,6 +91,18 @@ def test_checkpoint_round_trip_continues_identically(tmp_path):
     assert resumed.history == straight.history
 
 
+def test_a_longer_run_continues_from_its_checkpoint(tmp_path):
+    real = torch.randint(0, 256, (10, 1, 32, 32), dtype=torch.uint8)
+    short = gan.WGANGP(TINY, seed=0)
+    short.train_step(real)
+    short.save(tmp_path / "gan.pt")
+    longer = gan.WGANGP(dataclasses.replace(TINY, num_steps=5), seed=0)
+    longer.load_state(gan.train.load_checkpoint(tmp_path / "gan.pt"))  # only the length differs
+    assert longer.step == 1
+    with pytest.raises(ValueError, match="checkpoint made with"):
+        gan.WGANGP(dataclasses.replace(TINY, gp_weight=1.0), seed=0).load_state(short.state())
+
+
 def test_frechet_distance_known_cases():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(200, 3))
