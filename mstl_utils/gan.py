@@ -377,17 +377,21 @@ def features(model: nn.Module, images: torch.Tensor | np.ndarray, *, size: int =
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to two feature sets ``[N, D]``:
-    ``|mu_a - mu_b|^2 + Tr(C_a + C_b - 2 (C_a C_b)^(1/2))`` (the FID formula, any features)."""
+    ``|mu_a - mu_b|^2 + Tr(C_a) + Tr(C_b) - 2 Tr((C_a C_b)^(1/2))`` (the FID formula, any features).
+
+    With centred features A and B, ``C_a C_b`` has the eigenvalues of ``(A B^T)(A B^T)^T`` scaled,
+    so ``Tr((C_a C_b)^(1/2))`` is the sum of the singular values of ``A B^T`` over
+    ``sqrt((n_a - 1)(n_b - 1))``: exact, real, and an ``n_a x n_b`` problem instead of a
+    ``D x D`` matrix square root (1280 x 1280 here)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
         raise ValueError(f"feature sets of shape {a.shape} and {b.shape}: expected [N >= 2, D] with the same D")
     mu = a.mean(0) - b.mean(0)
-    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    root = linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(root).all():  # singular product: the usual small offset on the diagonal
-        offset = np.eye(len(cov_a)) * 1e-6
-        root = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
-    return float(mu @ mu + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(root.real))
+    centred_a, centred_b = a - a.mean(0), b - b.mean(0)
+    trace_a = (centred_a ** 2).sum() / (len(a) - 1)
+    trace_b = (centred_b ** 2).sum() / (len(b) - 1)
+    cross = linalg.svdvals(centred_a @ centred_b.T).sum() / np.sqrt((len(a) - 1) * (len(b) - 1))
+    return float(mu @ mu + trace_a + trace_b - 2 * cross)
 
 
 def nearest_distances(queries: np.ndarray, references: np.ndarray, *, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:

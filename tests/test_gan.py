@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from scipy import linalg
 from torch import nn
 
 from mstl_utils import config, data, gan, generated, stages
@@ -112,6 +113,12 @@ def test_frechet_distance_known_cases():
     assert gan.frechet_distance(x, y) == pytest.approx(36 + (np.sqrt(2) - np.sqrt(8)) ** 2)
     with pytest.raises(ValueError):
         gan.frechet_distance(a, a[:, :2])
+    # The textbook formula with a matrix square root, on full-rank covariances.
+    b = rng.normal(size=(150, 3)) * [1.0, 2.0, 0.5] + [0.3, 0.0, -1.0]
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    textbook = (((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(ca) + np.trace(cb)
+                - 2 * np.trace(linalg.sqrtm(ca @ cb).real))
+    assert gan.frechet_distance(a, b) == pytest.approx(textbook, rel=1e-8)
 
 
 def test_nearest_distances():
