@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from . import __version__, data as data_mod, models, paths, repro, train, transfer
+from . import __version__, data as data_mod, generated, models, paths, repro, train, transfer
 from .config import Profile, StageConfig
 from .metrics import binary_metrics, multiclass_metrics
 
@@ -76,9 +76,13 @@ def stage_config(profile: Profile, stage: str) -> StageConfig:
     return getattr(profile, stage)
 
 
+#: ``balance`` choices of ``run_stage``: weight the loss, or duplicate minority images (None: neither).
+BALANCE_CHOICES = ("class_weights", "oversample")
+
+
 def _requested(profile: Profile, name: str, stage: str, init_from: str, seed: int,
-               init_seed: int, split: Split | None, in_chans: int = 1,
-               strategy: str = transfer.DEFAULT) -> dict[str, Any]:
+               init_seed: int, split: Split | None, in_chans: int = 1, balance: str | None = None,
+               synthetic_dir: str | Path | None = None, strategy: str = transfer.DEFAULT) -> dict[str, Any]:
     requested = {"name": name, "stage": stage, "init_from": init_from, "seed": seed,
                  "profile": profile.to_dict(), "code_version": __version__}
     # Only non-default keys, so that runs made before these options existed are still reused.
@@ -90,14 +94,21 @@ def _requested(profile: Profile, name: str, stage: str, init_from: str, seed: in
         requested["in_chans"] = in_chans
     if strategy != transfer.DEFAULT:
         requested["strategy"] = asdict(transfer.get(strategy))
+    if balance is not None:
+        if balance not in BALANCE_CHOICES:
+            raise ValueError(f"balance={balance!r}; expected None or one of {BALANCE_CHOICES}")
+        requested["balance"] = balance
+    if synthetic_dir is not None:  # the images themselves, by the manifest of their sha256s
+        requested["synthetic"] = {"folder": Path(synthetic_dir).name, "sha256": generated.folder_sha256(synthetic_dir)}
     return requested
 
 
 def settings(profile: Profile, name: str, stage: str, init_from: str, seed: int, init_seed: int,
-             split: Split | None, runs_root: str | Path | None, in_chans: int = 1,
-             strategy: str = transfer.DEFAULT) -> dict[str, Any]:
+             split: Split | None, runs_root: str | Path | None, in_chans: int = 1, balance: str | None = None,
+             synthetic_dir: str | Path | None = None, strategy: str = transfer.DEFAULT) -> dict[str, Any]:
     """What a run is asked to do, in the form ``config.json`` holds it."""
-    requested = _requested(profile, name, stage, init_from, seed, init_seed, split, in_chans, strategy)
+    requested = _requested(profile, name, stage, init_from, seed, init_seed, split, in_chans, balance, synthetic_dir,
+                           strategy)
     if init_from not in ("imagenet", "scratch"):
         # A chained run is only reusable while the checkpoint it started from is the same one.
         upstream = run_dir_for(profile, init_from, init_seed, runs_root) / "checkpoint.pt"
@@ -112,10 +123,11 @@ def _complete_with(run_dir: Path, requested: dict[str, Any]) -> bool:
 
 def is_complete(name: str, profile: Profile, *, stage: str, init_from: str, seed: int = 0,
                 runs_root: str | Path | None = None, split: Split | None = None, init_seed: int | None = None,
-                in_chans: int = 1, strategy: str = transfer.DEFAULT, **_: Any) -> bool:
+                in_chans: int = 1, balance: str | None = None, synthetic_dir: str | Path | None = None,
+                strategy: str = transfer.DEFAULT, **_: Any) -> bool:
     """True when ``run_stage`` with these arguments (and no ``force``) would reuse a complete run."""
     requested = settings(profile, name, stage, init_from, seed, seed if init_seed is None else init_seed, split,
-                          runs_root, in_chans, strategy)
+                          runs_root, in_chans, balance, synthetic_dir, strategy)
     return _complete_with(run_dir_for(profile, name, seed, runs_root, split), requested)
 
 
@@ -203,6 +215,8 @@ def run_stage(
     split: Split | None = None,
     init_seed: int | None = None,
     in_chans: int = 1,
+    balance: str | None = None,
+    synthetic_dir: str | Path | None = None,
     strategy: str = transfer.DEFAULT,
     progress: bool = True,
 ) -> StageResult:
@@ -211,14 +225,18 @@ def run_stage(
     ``split`` fixes the test part (a cross-validation fold); ``init_seed`` picks the
     earlier stage's run to start from when it differs from ``seed``; ``in_chans=3``
     trains on RGB images instead of grey (the colour-shortcut experiment only); ``strategy`` names a
-    transfer strategy of ``mstl_utils.transfer`` (what is trained, batch norm, learning rates). An interrupted
+    transfer strategy of ``mstl_utils.transfer`` (what is trained, batch norm, learning rates). ``synthetic_dir``
+    (a folder of ``mstl_utils.generated``) adds generated images to the training part only;
+    ``balance`` then evens the training classes: ``"class_weights"`` (inverse-frequency loss
+    weights) or ``"oversample"`` (minority images drawn again). An interrupted
     run with the same settings is resumed from its last finished epoch (``force``
     starts it again). ``progress``: console progress bars over batches.
     """
     cfg = stage_config(profile, stage)
     init_seed = seed if init_seed is None else init_seed
     run_dir = run_dir_for(profile, name, seed, runs_root, split)
-    requested = settings(profile, name, stage, init_from, seed, init_seed, split, runs_root, in_chans, strategy)
+    requested = settings(profile, name, stage, init_from, seed, init_seed, split, runs_root, in_chans, balance,
+                         synthetic_dir, strategy)
     if not force and _complete_with(run_dir, requested):
         log.info("%s: complete with the same settings, reused", paths.relative(run_dir))
         return load_result(run_dir)
@@ -233,6 +251,12 @@ def run_stage(
     torch_device = repro.pick_device(device)
 
     stage_data = prepare_data(profile, stage, seed=seed, split=split, data_dir=data_dir, in_chans=in_chans)
+    n_real_train = int((stage_data.table["part"] == "train").sum())
+    if synthetic_dir is not None:
+        stage_data = generated.add_to_train(stage_data, synthetic_dir)
+    if balance == "oversample":
+        stage_data = generated.oversample(stage_data, seed=seed)
+    weights_of_classes = generated.class_weights(stage_data) if balance == "class_weights" else None
     model, weights = initial_model(profile, init_from=init_from, num_classes=stage_data.num_classes,
                                    seed=init_seed, runs_root=runs_root, weights_dir=weights_dir, in_chans=in_chans)
     param_groups = transfer.apply(model, profile.model, strategy, cfg.lr)
@@ -246,6 +270,7 @@ def run_stage(
         precision=profile.precision, compile=profile.compile, resume=resume, progress=progress,
         on_epoch=lambda state: train.save_checkpoint(resume_file, {"requested": requested, **state}),
         params=param_groups,
+        class_weights=weights_of_classes,
     )
     train_seconds = float(history["seconds"].sum())
     probs, labels = train.predict(model, stage_data.loader("test", batch_size=64, device=torch_device),
@@ -291,6 +316,12 @@ def run_stage(
         "train_seconds": train_seconds,
         "wall_seconds": time.perf_counter() - clock,
     }
+    if balance is not None or synthetic_dir is not None:
+        metrics["provenance"]["balancing"] = {
+            "balance": balance, "n_real_train": n_real_train,
+            "n_generated": int((stage_data.table["split"] == generated.SPLIT).sum()),
+            "train_counts": generated.train_counts(stage_data).to_dict(),
+            "class_weights": None if weights_of_classes is None else weights_of_classes.tolist()}
     _write_json(run_dir / "metrics.json", metrics)
     resume_file.unlink(missing_ok=True)  # complete: the final checkpoint replaces the epoch state
     return load_result(run_dir)

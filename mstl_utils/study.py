@@ -50,6 +50,7 @@ STEPS = (
     Step("05_results.ipynb", "results.ipynb"),
     Step("07_search.ipynb", "search.ipynb"),
     Step("09_chain.ipynb", "chain.ipynb"),
+    Step("10_gan.ipynb", "gan.ipynb"),  # the 2-class bridge (02), the chain's 3-class link (09), the folds (04)
     Step("08_explain.ipynb", "explain.ipynb"),  # the fold runs of 04; glues a number of 01
     Step("12_architectures.ipynb", "architectures.ipynb"),  # reuses the protocol runs of 04 for the profile's model
     Step("11_pruning.ipynb", "pruning.ipynb"),  # prunes the fold runs of 04

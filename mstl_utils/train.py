@@ -50,15 +50,18 @@ def run_epoch(
     optimizer: torch.optim.Optimizer | None = None,
     precision: str = "fp32",
     progress: str | None = None,
+    class_weights: torch.Tensor | None = None,
 ) -> tuple[float, float]:
     """One pass over ``loader``; trains when an optimizer is given. Returns (mean loss, accuracy).
 
+    ``class_weights``: per-class weights of the cross-entropy (None: all 1).
     ``progress``: a description for a console progress bar over the batches (shown
     only on a terminal, never in notebook outputs); None for no bar.
     """
     training = optimizer is not None
     model.train(training)
-    criterion = nn.CrossEntropyLoss(reduction="sum")
+    weight = class_weights.to(device) if class_weights is not None else None
+    criterion = nn.CrossEntropyLoss(weight=weight, reduction="sum")
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
@@ -113,6 +116,7 @@ def fit(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = True,
     params: Iterable | None = None,
+    class_weights: torch.Tensor | None = None,
 ) -> pd.DataFrame:
     """Train with Adam for ``num_epochs``; return the per-epoch history
     (epoch, train_loss, train_accuracy, val_loss, val_accuracy, seconds).
@@ -123,6 +127,7 @@ def fit(
     ``train_loader.generator`` (if any) is the data-order/augmentation generator.
     ``params``: Adam's parameters or parameter groups (a transfer strategy's, see
     ``mstl_utils.transfer.apply``); None trains every parameter at ``lr``.
+    ``class_weights`` weight the training loss only (validation loss stays unweighted).
     """
     model.to(device).to(memory_format=torch.channels_last)
     precision = resolve_precision(precision, device)
@@ -139,7 +144,8 @@ def fit(
     for epoch in range(len(rows) + 1, num_epochs + 1):
         start = time.perf_counter()
         train_loss, train_acc = run_epoch(step_model, train_loader, device=device, optimizer=optimizer,
-                                          precision=precision, progress=f"epoch {epoch}/{num_epochs}" if progress else None)
+                                          precision=precision, progress=f"epoch {epoch}/{num_epochs}" if progress else None,
+                                          class_weights=class_weights)
         val_loss, val_acc = (run_epoch(step_model, val_loader, device=device, precision=precision)
                              if val_loader is not None else (float("nan"),) * 2)
         seconds = time.perf_counter() - start
