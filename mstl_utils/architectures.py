@@ -29,7 +29,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import models, paths, protocol, repro, stages, train, transfer
-from .config import STAGE1_INIT, Profile
+from .config import INIT_CHOICES, STAGE1_INIT, Profile
 from .statistics import mean_ci
 
 #: The arms each architecture runs: single-stage ImageNet transfer and the paper's two stages.
@@ -86,15 +86,15 @@ def run_architecture(profile: Profile, model: str, *, arms: tuple[str, ...] = AR
 
 
 def stage_times(profile: Profile, model: str, results: list[stages.StageResult], *,
-                bridge_seeds: tuple[int, ...] | None = None, runs_root: str | Path | None = None) -> pd.DataFrame:
-    """Wall time of each stage of ``model``: its bridge runs and its fold runs (per arm), median seconds."""
-    folds = pd.DataFrame([{"image_id": i, "label": 0, "repeat": r.config["split"]["repeat"], "fold": r.config["split"]["fold"]}
-                          for r in results for i in r.config["split"]["test_ids"]])
-    arms = tuple(dict.fromkeys(r.config["name"].removeprefix("cv_").split("_")[0] for r in results))
-    bridges, _ = plan(profile, model, folds, arms=arms, bridge_seeds=bridge_seeds)
-    rows = [{"model": model, "stage": f"bridge {job['name']}", "runs": 1, "seconds": stages.load_result(
-                stages.run_dir_for(job["profile"], job["name"], job["seed"], runs_root)).metrics["provenance"]["wall_seconds"]}
-            for job in bridges]
+                runs_root: str | Path | None = None) -> pd.DataFrame:
+    """Wall time of each stage of ``model``: the bridge runs its fold runs started from, and the fold
+    runs (per run name), median seconds."""
+    bridges = sorted({(r.config["init_from"], r.config.get("init_seed", r.config["seed"])) for r in results
+                      if r.config["init_from"] not in INIT_CHOICES})
+    changed = profile.replace(model=model)
+    rows = [{"model": model, "stage": f"bridge {name}", "runs": 1, "seconds": stages.load_result(
+                stages.run_dir_for(changed, name, seed, runs_root)).metrics["provenance"]["wall_seconds"]}
+            for name, seed in bridges]
     for name, group in pd.DataFrame({"name": [r.config["name"] for r in results],
                                      "seconds": [r.metrics["provenance"]["wall_seconds"] for r in results]}).groupby("name"):
         rows.append({"model": model, "stage": f"head-CT fold run {name}", "runs": len(group),
