@@ -145,7 +145,7 @@ def test_one_exercise_per_chapter_of_the_experiment():
     files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
     experiment = next(p for p in toc["parts"] if p["caption"] == "The experiment")
     wanted = [c["file"].removeprefix("book/") for c in experiment["chapters"]] + ["benchmark"]
-    wanted += [name for name in ("search", "chain", "pruning") if f"book/{name}" in files]  # chapters beyond the papers
+    wanted += [name for name in ("search", "chain", "pruning", "gan") if f"book/{name}" in files]  # chapters beyond the papers
     named = [re.findall(r"\{doc\}`(\w+)`", e["chapter"] or "") for e in EXERCISES]
     assert all(len(n) <= 1 for n in named)
     assert sorted(n[0] for n in named if n) == sorted(wanted)
