@@ -536,10 +536,8 @@ def paired_test_accuracy(result: stages.StageResult, baseline: stages.StageResul
     merged = result.predictions.merge(baseline.predictions, on="file", suffixes=("", "_base"))
     if len(merged) != len(result.predictions) or (merged["label"] != merged["label_base"]).any():
         raise ValueError(f"{result.name} and {baseline.name} were not tested on the same labelled images")
-    correct, correct_base = (merged["pred"] == merged["label"]).to_numpy(), (merged["pred_base"] == merged["label"]).to_numpy()
-    diff = correct.astype(float) - correct_base
-    idx = np.random.default_rng(0).integers(0, len(diff), (2000, len(diff)))
-    low, high = np.percentile(diff[idx].mean(1), [2.5, 97.5])
-    mc = statistics.mcnemar_exact(correct, correct_base)
-    return {"diff": float(diff.mean()), "ci_low": float(low), "ci_high": float(high),
-            "only_this_right": mc["b"], "only_baseline_right": mc["c"], "p_value": mc["p_value"], "n": len(diff)}
+    test = statistics.paired_accuracy_difference((merged["pred"] == merged["label"]).to_numpy(),
+                                                 (merged["pred_base"] == merged["label"]).to_numpy())
+    return {"diff": test["diff"], "ci_low": test["ci_low"], "ci_high": test["ci_high"],
+            "only_this_right": test["only_a_right"], "only_baseline_right": test["only_b_right"],
+            "p_value": test["p_value"], "n": test["n"]}

@@ -22,7 +22,9 @@ plain state dict, which any model of the registry loads, plus the masks as boole
         rounds.csv               one row per round (sparsity, parameters left, test metrics)
         metrics.json             provenance; written last, so it marks a complete run
 
-and a killed run continues after its last complete round.
+and a killed run continues after its last complete round. ``stage="stage1"`` prunes a stage-1 run
+instead (ImageNet or random weights -> chest X-ray, tested on the official test set), rewinding to
+the starting weights of that stage; its runs are ``prune_stage1_<model>_<arm>_<method>/seed<k>/``.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from . import __version__, models, paths, repro, stages, statistics, train
-from .config import ARM_INIT, Profile
+from .config import ARM_INIT, STAGE1_INIT, Profile
 from .metrics import binary_metrics
 from .stages import Split
 
@@ -57,6 +59,8 @@ METHODS = ("imp", "oneshot", "random")
 #: convolution, the depthwise convolutions and the classifier (few weights, each carrying much:
 #: a pruned depthwise 3x3 kernel loses a ninth of its channel's filter); "all": every one.
 SCOPES = ("backbone", "all")
+#: The stage-1 run (a bridge of the protocol) that stage-1 pruning starts from, per starting point.
+STAGE1_DENSE = {init: name for name, init in STAGE1_INIT.items()}
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ class PruningPlan:
     second_image_size: int = 64  # its input size (ResNet-18 costs ~6x MobileNetV2 per pixel)
     second_rate: float = 0.5  # its IMP rate per round (fewer, larger rounds)
     second_rounds: int = 3  # its IMP rounds (3 x 50 %: 87.5 %)
+    stage1_rate: float = 0.5  # stage 1 (ImageNet -> chest X-ray): IMP rate per round ...
+    stage1_rounds: int = 3  # ... and rounds (3 x 50 %: 87.5 %; each retraining is a whole stage 1); 0: none
     latency_repeats: int = 30  # timed forward passes per model (the median is reported)
 
     def configs(self) -> list[PruneConfig]:
@@ -125,6 +131,14 @@ class PruningPlan:
         common = dict(rate=self.second_rate, rounds=self.second_rounds, scope=self.scope)
         return [PruneConfig(**common), PruneConfig(method="random", at_rounds=(self.second_rounds,), **common)]
 
+    def stage1_configs(self) -> list[PruneConfig]:
+        """Stage 1 on chest X-ray: IMP, and the one-shot and random controls at its last round."""
+        if not self.stage1_rounds:
+            return []
+        common = dict(rate=self.stage1_rate, rounds=self.stage1_rounds, scope=self.scope)
+        return [PruneConfig(**common), *(PruneConfig(method=m, at_rounds=(self.stage1_rounds,), **common)
+                                         for m in ("oneshot", "random"))]
+
     def second_profile(self, profile: Profile) -> Profile | None:
         """``profile`` for the second network, or None when there is none or the model registry lacks it."""
         if not self.second_model or self.second_model not in models.MODELS:
@@ -134,9 +148,10 @@ class PruningPlan:
 
 PLANS: dict[str, PruningPlan] = {
     "smoke": PruningPlan(max_folds=2, rate=0.5, rounds=2, control_rounds=(2,), scope_round=2, second_model="",
-                         latency_repeats=2),
+                         stage1_rounds=1, latency_repeats=2),
     "quick": PruningPlan(),
-    "paper": PruningPlan(repeats=tuple(range(10)), second_image_size=224, second_rate=0.2, second_rounds=10),
+    "paper": PruningPlan(repeats=tuple(range(10)), second_image_size=224, second_rate=0.2, second_rounds=10,
+                         stage1_rate=0.2, stage1_rounds=10),
 }
 
 
@@ -369,29 +384,52 @@ class PruneResult:
         return PruneConfig(**{**asked, "at_rounds": tuple(asked["at_rounds"])})
 
 
-def dense_name(profile: Profile, arm: str) -> str:
-    """The dense fold runs pruning starts from: the protocol's own (``cv_<arm>``) when ``profile`` is a named
-    profile unchanged, else runs of their own, so that the protocol's runs are never overwritten."""
+def _check_stage(stage: str, arm: str) -> None:
+    if stage == "stage1" and arm not in STAGE1_DENSE:
+        raise ValueError(f"stage-1 pruning starts from {sorted(STAGE1_DENSE)} (arm), not {arm!r}")
+    if stage not in ("stage1", "stage2"):
+        raise ValueError(f"stage={stage!r}; expected 'stage1' or 'stage2'")
+
+
+def dense_name(profile: Profile, arm: str, stage: str = "stage2") -> str:
+    """The dense runs pruning starts from: the protocol's own (``cv_<arm>`` folds; for stage 1 the bridge
+    ``stage1`` or ``stage1_scratch``) when ``profile`` is a named profile unchanged, else runs of their own,
+    so that the protocol's runs are never overwritten."""
     from .config import get_profile
 
+    _check_stage(stage, arm)
+    base = STAGE1_DENSE[arm] if stage == "stage1" else f"cv_{arm}"
     if profile == get_profile(profile.name, data=profile.data):
-        return f"cv_{arm}"
-    return f"cv_{arm}_{profile.model}_{profile.image_size}px"
+        return base
+    return f"{base}_{profile.model}_{profile.image_size}px"
 
 
-def run_name(profile: Profile, arm: str, config: PruneConfig) -> str:
-    return f"prune_{profile.model}_{profile.image_size}px_{arm}_{config.label}"
+def run_name(profile: Profile, arm: str, config: PruneConfig, stage: str = "stage2") -> str:
+    prefix = "prune" if stage == "stage2" else f"prune_{stage}"
+    return f"{prefix}_{profile.model}_{profile.image_size}px_{arm}_{config.label}"
 
 
-def _requested(profile: Profile, config: PruneConfig, *, arm: str, split: Split, seed: int, init_seed: int,
-               runs_root: str | Path | None) -> dict[str, Any]:
-    dense = stages.run_dir_for(profile, dense_name(profile, arm), seed, runs_root, split) / "checkpoint.pt"
-    requested = {"name": run_name(profile, arm, config), "arm": arm, "init_from": ARM_INIT[arm], "seed": seed,
-                 "init_seed": init_seed, "split": {"repeat": split.repeat, "fold": split.fold,
-                                                   "test_ids": sorted(split.test_ids)},
+def _init_of(arm: str, stage: str) -> str:
+    """The weights the stage starts from, which rounds rewind to."""
+    return arm if stage == "stage1" else ARM_INIT[arm]
+
+
+def _requested(profile: Profile, config: PruneConfig, *, arm: str, split: Split | None, seed: int, init_seed: int,
+               runs_root: str | Path | None, stage: str = "stage2") -> dict[str, Any]:
+    _check_stage(stage, arm)
+    if stage == "stage2" and split is None:
+        raise ValueError("stage-2 pruning runs on a fold of the protocol: pass its split")
+    name = dense_name(profile, arm, stage)
+    dense = stages.run_dir_for(profile, name, seed, runs_root, split) / "checkpoint.pt"
+    requested = {"name": run_name(profile, arm, config, stage), "arm": arm, "init_from": _init_of(arm, stage),
+                 "seed": seed, "init_seed": init_seed,
+                 "split": None if split is None else {"repeat": split.repeat, "fold": split.fold,
+                                                      "test_ids": sorted(split.test_ids)},
                  "profile": profile.to_dict(), "prune": asdict(config), "code_version": __version__,
                  # The rounds start from this dense run: a changed one re-runs them.
-                 "dense": dense_name(profile, arm), "dense_sha256": repro.sha256_file(dense) if dense.is_file() else None}
+                 "dense": name, "dense_sha256": repro.sha256_file(dense) if dense.is_file() else None}
+    if stage != "stage2":  # only then, so that the stage-2 runs made before stage 1 was added are reused
+        requested["stage"] = stage
     return json.loads(json.dumps(requested))
 
 
@@ -400,10 +438,12 @@ def _complete_with(run_dir: Path, requested: dict[str, Any]) -> bool:
             and json.loads((run_dir / "config.json").read_text()) == requested)
 
 
-def is_complete(profile: Profile, config: PruneConfig, *, arm: str, split: Split, seed: int, init_seed: int,
-                runs_root: str | Path | None = None, **_: Any) -> bool:
+def is_complete(profile: Profile, config: PruneConfig, *, arm: str, seed: int, init_seed: int,
+                split: Split | None = None, runs_root: str | Path | None = None, stage: str = "stage2",
+                **_: Any) -> bool:
     """True when ``run_prune`` with these arguments (and no ``force``) would reuse a complete run."""
-    requested = _requested(profile, config, arm=arm, split=split, seed=seed, init_seed=init_seed, runs_root=runs_root)
+    requested = _requested(profile, config, arm=arm, split=split, seed=seed, init_seed=init_seed, runs_root=runs_root,
+                           stage=stage)
     return _complete_with(stages.run_dir_for(profile, requested["name"], seed, runs_root, split), requested)
 
 
@@ -419,10 +459,10 @@ def _write_json(path: Path, value: Any) -> None:
     repro.atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str)))
 
 
-def _train_round(model: nn.Module, stage_data, profile: Profile, *, seed: int, device: torch.device,
+def _train_round(model: nn.Module, stage_data, profile: Profile, *, stage: str, seed: int, device: torch.device,
                  progress: bool) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Retrain a rewound model with the dense run's seed (same data order and augmentation); test it."""
-    cfg = profile.stage2
+    cfg = stages.stage_config(profile, stage)
     generator = repro.seed_everything(seed, deterministic=profile.deterministic)
     history = train.fit(
         model, stage_data.loader("train", batch_size=cfg.batch_size, augment=True, generator=generator, device=device),
@@ -434,24 +474,28 @@ def _train_round(model: nn.Module, stage_data, profile: Profile, *, seed: int, d
     probs, labels = train.predict(model, stage_data.loader("test", batch_size=64, device=device), device=device,
                                   precision=profile.precision)
     test_rows = stage_data.table[stage_data.table["part"] == "test"]
-    predictions = pd.DataFrame({"image_id": test_rows["group"].to_numpy(), "label": labels,
-                                "prob": probs[:, 1], "pred": probs.argmax(1)})
+    # image_id is the patient on chest X-ray (several images each): the file names the image.
+    predictions = pd.DataFrame({"image_id": test_rows["group"].to_numpy(),
+                                "file": [Path(p).relative_to(stage_data.source.root).as_posix() for p in test_rows["path"]],
+                                "label": labels, "prob": probs[:, 1], "pred": probs.argmax(1)})
     return history, predictions, binary_metrics(labels, probs[:, 1])
 
 
-def run_prune(profile: Profile, config: PruneConfig, *, arm: str, split: Split, seed: int, init_seed: int,
-              data_dir: str | Path | None = None, weights_dir: str | Path | None = None,
-              runs_root: str | Path | None = None, device: str = "auto", force: bool = False,
-              progress: bool = True) -> PruneResult:
-    """Every round of ``config`` on one fold, from the fold's complete dense run (``dense_name``); reuses a
-    complete run with the same settings and continues an interrupted one after its last complete round."""
-    requested = _requested(profile, config, arm=arm, split=split, seed=seed, init_seed=init_seed, runs_root=runs_root)
+def run_prune(profile: Profile, config: PruneConfig, *, arm: str, seed: int, init_seed: int,
+              split: Split | None = None, stage: str = "stage2", data_dir: str | Path | None = None,
+              weights_dir: str | Path | None = None, runs_root: str | Path | None = None, device: str = "auto",
+              force: bool = False, progress: bool = True) -> PruneResult:
+    """Every round of ``config`` on one fold (``stage="stage1"``: on the stage-1 task, no split), from the
+    complete dense run (``dense_name``); reuses a complete run with the same settings and continues an
+    interrupted one after its last complete round."""
+    requested = _requested(profile, config, arm=arm, split=split, seed=seed, init_seed=init_seed, runs_root=runs_root,
+                           stage=stage)
     run_dir = stages.run_dir_for(profile, requested["name"], seed, runs_root, split)
     if not force and _complete_with(run_dir, requested):
         return load_prune_result(run_dir)
     if requested["dense_sha256"] is None:
-        raise FileNotFoundError(f"{requested['dense']}/{split.key}: no dense run to prune; run it first "
-                                "(run_pruning does)")
+        raise FileNotFoundError(f"{requested['dense']}/{split.key if split else f'seed{seed}'}: no dense run to "
+                                "prune; run it first (run_pruning and run_pruning_stage1 do)")
     same = (not force and (run_dir / "config.json").is_file()
             and json.loads((run_dir / "config.json").read_text()) == requested)
     for stale in ([] if same else run_dir.glob("round*/metrics.json")):
@@ -464,8 +508,9 @@ def run_prune(profile: Profile, config: PruneConfig, *, arm: str, split: Split, 
     # The dense run's order of draws: seed, data, starting model (its fresh head included).
     repro.seed_everything(seed, deterministic=profile.deterministic)
     torch_device = repro.pick_device(device)
-    stage_data = stages.prepare_data(profile, "stage2", seed=seed, split=split, data_dir=data_dir)
-    start_model, weights = stages.initial_model(profile, init_from=ARM_INIT[arm], num_classes=stage_data.num_classes,
+    stage_data = stages.prepare_data(profile, stage, seed=seed, split=split, data_dir=data_dir)
+    start_model, weights = stages.initial_model(profile, init_from=requested["init_from"],
+                                                num_classes=stage_data.num_classes,
                                                 seed=init_seed, runs_root=runs_root, weights_dir=weights_dir)
     start_state = {k: v.clone() for k, v in start_model.state_dict().items()}
     dense_dir = stages.run_dir_for(profile, requested["dense"], seed, runs_root, split)
@@ -484,8 +529,8 @@ def run_prune(profile: Profile, config: PruneConfig, *, arm: str, split: Split, 
             pruned_now = prune_global(model, params, target, method="random" if config.method == "random" else "l1",
                                       seed=1000 * seed + k)
             rewind(model, start_state)
-            history, predictions, metrics = _train_round(model, stage_data, profile, seed=seed, device=torch_device,
-                                                         progress=progress)
+            history, predictions, metrics = _train_round(model, stage_data, profile, stage=stage, seed=seed,
+                                                         device=torch_device, progress=progress)
             model.cpu()
             row = {"round": k, "target_sparsity": target, "sparsity": sparsity(params), "pruned_now": pruned_now,
                    "eligible_params": sum(effective_weight(m, n).numel() for m, n in params),
@@ -498,7 +543,7 @@ def run_prune(profile: Profile, config: PruneConfig, *, arm: str, split: Split, 
                 "class_names": list(stage_data.class_names), "config": requested, "weights": asdict(weights),
                 "round": k, "sparsity": row["sparsity"]})
             _write_json(round_dir / "metrics.json", row)  # last: marks the round complete
-            log.info("%s %s round %d: sparsity %.3f, accuracy %.3f", requested["name"], split.key, k,
+            log.info("%s %s round %d: sparsity %.3f, accuracy %.3f", requested["name"], run_dir.name, k,
                      row["sparsity"], row["accuracy"])
         if config.method == "imp":
             current = model  # the next round prunes this round's trained survivors
@@ -506,9 +551,9 @@ def run_prune(profile: Profile, config: PruneConfig, *, arm: str, split: Split, 
     rounds = pd.DataFrame(rows)
     repro.atomic_write(run_dir / "rounds.csv", lambda tmp: rounds.to_csv(tmp, index=False))
     _write_json(run_dir / "metrics.json", {"provenance": {
-        "name": requested["name"], "stage": "stage2", "init_from": ARM_INIT[arm],
+        "name": requested["name"], "stage": stage, "init_from": requested["init_from"],
         "profile": profile.name, "model": profile.model, "image_size": profile.image_size, "arm": arm,
-        "method": config.label, "seed": seed, "init_seed": init_seed, "split": split.key,
+        "method": config.label, "seed": seed, "init_seed": init_seed, "split": split.key if split else None,
         "data": stage_data.describe(), "weights": asdict(weights),
         "dense": {"name": requested["dense"], "sha256": requested["dense_sha256"]},
         "code": {**repro.git_version(paths.project_root()), "package_version": __version__},
@@ -525,6 +570,16 @@ def _run_job(job: dict[str, Any]) -> str:
     return str(run_prune(**job, progress=False).run_dir)
 
 
+def _job_dir(job: dict[str, Any]) -> Path:
+    stage = job.get("stage", "stage2")
+    return stages.run_dir_for(job["profile"], run_name(job["profile"], job["arm"], job["config"], stage), job["seed"],
+                              job.get("runs_root"), job.get("split"))
+
+
+def _job_label(job: dict[str, Any]) -> str:
+    return f"{_job_dir(job).parent.name} {_job_dir(job).name}"
+
+
 def run_prunes(jobs: list[dict[str, Any]], *, workers: int | None = None, device: str = "auto") -> list[PruneResult]:
     """``run_prune(**job)`` for every job, ``workers`` at a time in separate processes (as
     ``stages.run_stages``); results in job order. The longest schedules start first, so that the
@@ -535,7 +590,7 @@ def run_prunes(jobs: list[dict[str, Any]], *, workers: int | None = None, device
     if workers <= 1 or len(todo) <= 1:
         for job in todo:
             run_prune(**job, device=device)
-            log.info("%s %s done", run_name(job["profile"], job["arm"], job["config"]), job["split"].key)
+            log.info("%s done", _job_label(job))
     else:
         threads = max(1, torch.get_num_threads() // workers)
         log.info("%d pruning runs (%d complete, reused), %d at a time (%d thread(s) each)", len(todo),
@@ -551,11 +606,10 @@ def run_prunes(jobs: list[dict[str, Any]], *, workers: int | None = None, device
                     if future.exception() is not None:
                         for other in pending:
                             other.cancel()
-                        raise RuntimeError(f"pruning run {run_name(job['profile'], job['arm'], job['config'])} "
-                                           f"{job['split'].key} failed: {future.exception()}") from future.exception()
-                    log.info("%s %s done", run_name(job["profile"], job["arm"], job["config"]), job["split"].key)
-    return [load_prune_result(stages.run_dir_for(job["profile"], run_name(job["profile"], job["arm"], job["config"]),
-                                                 job["seed"], job.get("runs_root"), job["split"])) for job in jobs]
+                        raise RuntimeError(f"pruning run {_job_label(job)} failed: {future.exception()}") \
+                            from future.exception()
+                    log.info("%s done", _job_label(job))
+    return [load_prune_result(_job_dir(job)) for job in jobs]
 
 
 @dataclass
@@ -597,6 +651,20 @@ def run_pruning(profile: Profile, configs: list[PruneConfig], *, arm: str, folds
                  force=force, **{k: v for k, v in common.items() if k != "device"})
             for run in runs for config in configs]
     return PruningStudy(profile, arm, dense, run_prunes(jobs, workers=workers, device=device), bridge_runs)
+
+
+def run_pruning_stage1(profile: Profile, configs: list[PruneConfig], *, arm: str = "imagenet", seed: int = 0,
+                       data_dir: str | Path | None = None, weights_dir: str | Path | None = None,
+                       runs_root: str | Path | None = None, device: str = "auto", force: bool = False,
+                       workers: int | None = None) -> PruningStudy:
+    """Stage 1 pruned: the dense stage-1 run from ``arm``'s weights (the protocol's bridge, reused, for an
+    unchanged profile), then every schedule on it, tested on the stage-1 task's official test set."""
+    common = dict(data_dir=data_dir, weights_dir=weights_dir, runs_root=runs_root)
+    dense = stages.run_stage(dense_name(profile, arm, "stage1"), profile, stage="stage1", init_from=arm, seed=seed,
+                             device=device, **common)
+    jobs = [dict(profile=profile, config=config, arm=arm, stage="stage1", seed=seed, init_seed=seed, force=force,
+                 **common) for config in configs]
+    return PruningStudy(profile, arm, [dense], run_prunes(jobs, workers=workers, device=device), [])
 
 
 # --------------------------------------------------------------------------- tables
@@ -647,7 +715,7 @@ def _checkpoints(study: PruningStudy) -> dict[tuple[str, int], Path | stages.Sta
     first = study.dense[0]
     found: dict[tuple[str, int], Any] = {("dense", 0): first}
     for run in study.runs:
-        if run.config["split"] == first.config["split"]:
+        if run.config["split"] == first.config.get("split"):  # stage 1: both None
             for k in run.rounds["round"]:
                 found[(run.prune_config.label, int(k))] = run.run_dir / f"round{int(k):02d}" / "checkpoint.pt"
     return found
@@ -682,6 +750,50 @@ def summary(folds: pd.DataFrame, measured: pd.DataFrame, *, profile: str, level:
                      "sparse_size_mb": float(cost["sparse_mb"].iloc[0]) if len(cost) else float("nan"),
                      "cpu_latency_ms": float(cost["latency_permanent_ms"].iloc[0]) if len(cost) else float("nan")})
     return pd.DataFrame(rows, columns=COLUMNS).sort_values(["model", "method", "round"], ignore_index=True)
+
+
+#: Columns of ``pruning_stage1.csv``: the contract's, then the stage and the paired comparison with the dense
+#: run on the same test images (one run each: the interval is Wilson's over test images, not over runs).
+STAGE1_COLUMNS = COLUMNS + ["stage", "task", "n_test", "diff", "diff_ci_low", "diff_ci_high", "p_value"]
+
+
+def _correct(predictions: pd.DataFrame) -> pd.Series:
+    return (predictions["pred"] == predictions["label"]).set_axis(predictions["file"])
+
+
+def stage1_table(study: PruningStudy, measured: pd.DataFrame, *, profile: str) -> pd.DataFrame:
+    """``pruning_stage1.csv``: the dense stage-1 run and every round on the official test set, each with its
+    accuracy interval, and its accuracy minus the dense run's on the same images (paired bootstrap interval,
+    exact McNemar test)."""
+    dense = study.dense[0]
+    dense_correct = _correct(dense.predictions)
+    rows = [{"method": "dense", "round": 0, "sparsity": 0.0, "metrics": dense.metrics,
+             "nonzero_params": nonzero_parameters(_dense_model(dense)), "correct": dense_correct}]
+    for run in study.runs:
+        for row in run.rounds.to_dict("records"):
+            round_dir = run.run_dir / f"round{int(row['round']):02d}"
+            predictions = pd.read_csv(round_dir / "predictions.csv", dtype={"image_id": str, "file": str})
+            rows.append({"method": run.prune_config.label, "round": int(row["round"]), "sparsity": row["sparsity"],
+                         "metrics": json.loads((round_dir / "metrics.json").read_text()),
+                         "nonzero_params": int(row["nonzero_params"]), "correct": _correct(predictions)})
+    out = []
+    for row in rows:
+        m, correct = row["metrics"], row["correct"]
+        if set(correct.index) != set(dense_correct.index):
+            raise ValueError(f"{row['method']} round {row['round']}: not tested on the dense run's images")
+        paired = statistics.paired_accuracy_difference(correct.to_numpy(), dense_correct[correct.index].to_numpy())
+        cost = measured[(measured["method"] == row["method"]) & (measured["round"] == row["round"])]
+        out.append({"model": study.profile.model, "method": row["method"], "round": row["round"],
+                    "sparsity": float(row["sparsity"]), "arm": study.arm, "profile": profile,
+                    "accuracy_mean": m["accuracy"], "accuracy_ci_low": m["accuracy_ci_low"],
+                    "accuracy_ci_high": m["accuracy_ci_high"], "auc_mean": m["auc"],
+                    "nonzero_params": row["nonzero_params"],
+                    "sparse_size_mb": float(cost["sparse_mb"].iloc[0]) if len(cost) else float("nan"),
+                    "cpu_latency_ms": float(cost["latency_permanent_ms"].iloc[0]) if len(cost) else float("nan"),
+                    "stage": "stage1", "task": study.profile.stage1.dataset, "n_test": len(correct),
+                    "diff": paired["diff"], "diff_ci_low": paired["ci_low"], "diff_ci_high": paired["ci_high"],
+                    "p_value": paired["p_value"]})
+    return pd.DataFrame(out, columns=STAGE1_COLUMNS).sort_values(["method", "round"], ignore_index=True)
 
 
 def sparsest_matching(table: pd.DataFrame, *, model: str, method: str = "imp") -> pd.Series | None:

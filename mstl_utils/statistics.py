@@ -99,6 +99,20 @@ def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[
     return {"b": b, "c": c, "n_discordant": b + c, "p_value": min(p_value, 1.0)}
 
 
+def paired_accuracy_difference(correct_a: Sequence[bool], correct_b: Sequence[bool], *, level: float = 0.95,
+                               n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Accuracy of A minus accuracy of B on the same images: the difference, its paired bootstrap
+    interval (images resampled together), and the exact McNemar test (``mcnemar_exact``)."""
+    _check_level(level)
+    test = mcnemar_exact(correct_a, correct_b)  # checks shapes and values
+    diff = np.asarray(correct_a, dtype=float) - np.asarray(correct_b, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(diff), (n_boot, len(diff)))
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(diff[idx].mean(1), [tail, 100 - tail])
+    return {"diff": float(diff.mean()), "ci_low": float(low), "ci_high": float(high), "only_a_right": test["b"],
+            "only_b_right": test["c"], "p_value": test["p_value"], "n": len(diff)}
+
+
 def _binary_inputs(y_true, score_a, score_b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     y = np.asarray(y_true).ravel()
     sa, sb = _finite_1d(score_a, "score_a"), _finite_1d(score_b, "score_b")

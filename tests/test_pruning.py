@@ -219,3 +219,43 @@ def test_plans_name_every_profile_and_fit_the_registry():
     assert pruning.get_plan("smoke").second_profile(config.get_profile("smoke")) is None
     missing = pruning.get_plan("quick", second_model="no_such_net")
     assert missing.second_profile(config.get_profile("quick")) is None
+
+
+def test_stage1_pruning_rewinds_to_imagenet_and_pairs_on_the_test_images(synthetic_root):
+    """Stage 1 pruned: the bridge run is the dense model, rounds are tested on the same official test
+    images, and the table pairs each round with the dense run image by image."""
+    profile = config.get_profile("smoke")
+    plan = pruning.get_plan("smoke")
+    configs = plan.stage1_configs()
+    assert [c.label for c in configs] == ["imp", "oneshot", "random"]
+    assert all(c.schedule() == [(1, 0.5)] for c in configs)
+    study = pruning.run_pruning_stage1(profile, configs, data_dir=synthetic_root, workers=1)
+    assert study.dense[0].run_dir.parent.name == "stage1"  # the protocol's bridge, not a run of its own
+    assert [r.run_dir.parent.name for r in study.runs] == [f"prune_stage1_mobilenet_v2_{profile.image_size}px_imagenet_{m}"
+                                                           for m in ("imp", "oneshot", "random")]
+    assert all(r.config["stage"] == "stage1" and r.config["split"] is None for r in study.runs)
+    assert all(r.metrics["provenance"]["stage"] == "stage1" for r in study.runs)
+    imp_dir = study.runs[0].run_dir
+    # Rounds rewind to the stage's start (ImageNet weights), not to the dense run they prune.
+    assert study.runs[0].config["init_from"] == "imagenet" and study.runs[0].config["dense"] == "stage1"
+    measured = pruning.costs(study, repeats=1)
+    table = pruning.stage1_table(study, measured, profile="smoke")
+    assert list(table.columns) == pruning.STAGE1_COLUMNS
+    assert sorted(table["method"]) == ["dense", "imp", "oneshot", "random"]
+    dense = table[table["method"] == "dense"].iloc[0]
+    assert dense["diff"] == 0 and dense["p_value"] == 1 and dense["n_test"] == len(study.dense[0].predictions)
+    assert table.loc[table["method"] != "dense", "sparsity"].to_numpy() == pytest.approx(0.5, abs=1e-5)
+    imp = table[table["method"] == "imp"].iloc[0]
+    predictions = pd.read_csv(imp_dir / "round01" / "predictions.csv", dtype={"file": str})
+    merged = predictions.merge(study.dense[0].predictions, on="file", suffixes=("", "_dense"))
+    expected = (merged["pred"] == merged["label"]).mean() - (merged["pred_dense"] == merged["label"]).mean()
+    assert imp["diff"] == pytest.approx(expected) and imp["accuracy_mean"] == pytest.approx(
+        (predictions["pred"] == predictions["label"]).mean())
+    # Reused when complete; a stage-1 run is no stage-2 run.
+    first = (imp_dir / "metrics.json").stat().st_mtime_ns
+    pruning.run_pruning_stage1(profile, configs[:1], data_dir=synthetic_root, workers=1)
+    assert (imp_dir / "metrics.json").stat().st_mtime_ns == first
+    with pytest.raises(ValueError, match="stage-1 pruning starts from"):
+        pruning.run_pruning_stage1(profile, configs[:1], arm="multistage", data_dir=synthetic_root)
+    with pytest.raises(ValueError, match="pass its split"):
+        pruning.run_prune(profile, configs[0], arm="imagenet", seed=0, init_seed=0)

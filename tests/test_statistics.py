@@ -233,3 +233,15 @@ def test_compare_arms_baseline_pairs_and_errors():
 def test_module_does_not_import_torch():
     code = "import sys, mstl_utils.statistics; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_paired_accuracy_difference_matches_mcnemar_and_brackets_the_difference():
+    a, b = _paired(200, 12, 3)
+    r = st.paired_accuracy_difference(a, b)
+    assert r["diff"] == pytest.approx((np.sum(a) - np.sum(b)) / 200)
+    assert r["ci_low"] < r["diff"] < r["ci_high"] and r["n"] == 200
+    assert r["p_value"] == st.mcnemar_exact(a, b)["p_value"] and (r["only_a_right"], r["only_b_right"]) == (12, 3)
+    same = st.paired_accuracy_difference(a, a)
+    assert same["diff"] == same["ci_low"] == same["ci_high"] == 0 and same["p_value"] == 1
+    with pytest.raises(ValueError):
+        st.paired_accuracy_difference(a, b[:-1])
