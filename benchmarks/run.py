@@ -1,6 +1,6 @@
 """Training throughput benchmark: ``make benchmark`` or ``python benchmarks/run.py --profile quick``.
 
-Writes ``book/results/benchmark.csv`` (see ``mstl_utils.benchmark``); the book's
+Writes ``book/results/benchmark.csv`` (see ``mstl_utils.experiments.benchmark``); the book's
 benchmark appendix shows it with the hardware. Run it on an otherwise idle machine:
 anything else running changes the numbers.
 """
@@ -12,7 +12,9 @@ import logging
 import sys
 import time
 
-from mstl_utils import benchmark, config, results
+from mstl_utils.experiments import benchmark
+from mstl_utils.core import config
+from mstl_utils.report import results
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,8 @@ import nbformat
 import pandas as pd
 from tqdm import tqdm
 
-from . import paths, repro, results
+from .core import paths, repro
+from .report import results
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mstl_utils import synthetic
+from mstl_utils.data import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from mstl_utils import architectures, config, models, stages, transfer
+from mstl_utils.experiments import architectures
+from mstl_utils.core import config
+from mstl_utils import models
+from mstl_utils.engine import stages
+from mstl_utils.models import transfer
 
 
 @pytest.fixture(scope="module", params=sorted(models.MODELS))

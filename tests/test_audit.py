@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageEnhance
 
-from mstl_utils import audit
+from mstl_utils.data import audit
 
 
 @pytest.fixture

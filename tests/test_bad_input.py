@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mstl_utils import config, data, images, stages, synthetic
+from mstl_utils.core import config
+from mstl_utils import data
+from mstl_utils.data import images, synthetic
+from mstl_utils.engine import stages
 from mstl_utils.data import DataFormatError, DataNotFoundError
 
 
@@ -211,7 +214,8 @@ def test_a_failed_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
 
 
 def test_manifest_check_says_exactly_what_differs(head_ct, tmp_path):
-    from mstl_utils import manifest, repro
+    from mstl_utils.data import manifest
+    from mstl_utils.core import repro
 
     def rows():
         source = data.locate("head_ct", data="real", data_dir=head_ct.parent, download=False)
@@ -235,7 +239,7 @@ def test_manifest_check_says_exactly_what_differs(head_ct, tmp_path):
 
 
 def test_prepare_records_the_manifest_check_for_real_data(head_ct, tmp_path, monkeypatch):
-    from mstl_utils import manifest
+    from mstl_utils.data import manifest
 
     monkeypatch.setattr(manifest, "manifest_path", lambda dataset, root=None: tmp_path / f"{dataset}.csv")
     stage_data = data.prepare("head_ct", data="real", data_dir=head_ct.parent, image_size=32, val_fraction=0.5)

@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from mstl_utils import benchmark
+from mstl_utils.experiments import benchmark
 
 
 def _table(device="cpu", pipeline=95.0, plain=40.0, side_by_side=120.0):
@@ -51,7 +51,7 @@ def test_throughput_figure_labels_each_bar_with_its_own_value():
     import matplotlib
 
     matplotlib.use("Agg")
-    from mstl_utils import plots
+    from mstl_utils.report import plots
 
     table = _table().iloc[[0, 3, 4, 1, 2, 5, 6, 7, 8]]  # the benchmark's own order: ceiling rows apart
     fig = plots.throughput(table)

@@ -5,7 +5,11 @@ import pandas as pd
 import pytest
 import torch
 
-from mstl_utils import chain as chain_mod, config, data, metrics, protocol, stages, train
+from mstl_utils.experiments import chain as chain_mod, protocol
+from mstl_utils.core import config
+from mstl_utils import data
+from mstl_utils.report import metrics
+from mstl_utils.engine import stages, train
 
 CHAIN = ("imagenet", "chest_xray3", "chest_xray", "head_ct")
 

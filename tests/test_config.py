@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from mstl_utils import config
+from mstl_utils.core import config
 
 
 def test_profiles_are_frozen_and_round_trip():

@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mstl_utils import data, synthetic
+from mstl_utils import data
+from mstl_utils.data import synthetic
 
 
 def test_head_ct_layout_and_header_with_space(synthetic_root):

@@ -12,7 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
-from mstl_utils import batches, config, data, decoded, stages, train
+from mstl_utils.data import batches, decoded
+from mstl_utils.core import config
+from mstl_utils import data
+from mstl_utils.data import datasets
+from mstl_utils.engine import stages, train
 
 # The smoke profile with more epochs, so that a run can be killed in the middle.
 EPOCHS = 6
@@ -28,7 +32,8 @@ def profile(synthetic_root, monkeypatch):
 
 KILLED_CHILD = textwrap.dedent("""
     import logging, os, signal
-    from mstl_utils import config, stages
+    from mstl_utils.core import config
+    from mstl_utils.engine import stages
 
     class KillAfter(logging.Handler):
         # SIGKILL: no cleanup, no atexit, no flushing -- as when a machine or a scheduler kills a job.
@@ -36,8 +41,8 @@ KILLED_CHILD = textwrap.dedent("""
             if record.getMessage().startswith("epoch {kill}/"):
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    logging.getLogger("mstl_utils.train").addHandler(KillAfter())
-    logging.getLogger("mstl_utils.train").setLevel(logging.INFO)
+    logging.getLogger("mstl_utils.engine.train").addHandler(KillAfter())
+    logging.getLogger("mstl_utils.engine.train").setLevel(logging.INFO)
     profile = config.get_profile("smoke", data="real").replace(stage2={{"num_epochs": {epochs}}})
     stages.run_stage("stage2_scratch", profile, stage="stage2", init_from="scratch", seed=0)
 """)
@@ -104,7 +109,7 @@ def test_decoded_cache_is_hit_the_second_time_and_decodes_nothing(synthetic_root
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr(data, "load_images", no_decoding)
+    monkeypatch.setattr(datasets, "load_images", no_decoding)
     second = data.prepare("head_ct", data="real", data_dir=synthetic_root, image_size=32)
     assert second.decoded_cache == "hit" and second.describe()["decoded_cache"] == "hit"
     assert torch.equal(first.images, second.images)
@@ -114,7 +119,7 @@ def test_decoded_cache_is_hit_the_second_time_and_decodes_nothing(synthetic_root
 
 def test_decoded_cache_is_keyed_by_content_and_size(tmp_path, monkeypatch):
     monkeypatch.setenv("MSTL_CACHE_DIR", str(tmp_path / "cache"))
-    from mstl_utils import synthetic
+    from mstl_utils.data import synthetic
     root = tmp_path / "data"
     synthetic.make_head_ct(root / "head_ct", n_per_class=12)
     a = data.prepare("head_ct", data="real", data_dir=root, image_size=32)

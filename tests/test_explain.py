@@ -12,7 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from mstl_utils import config, data, decoded, explain, models, plots, stages, train
+from mstl_utils.core import config
+from mstl_utils import data, models
+from mstl_utils.data import decoded
+from mstl_utils.experiments import explain
+from mstl_utils.report import plots
+from mstl_utils.engine import stages, train
 
 
 @pytest.fixture

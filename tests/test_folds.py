@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mstl_utils import folds as mfolds
+from mstl_utils.data import folds as mfolds
 
 IDS = [f"{i:03d}" for i in range(40)]
 LABELS = np.array([1] * 20 + [0] * 20)

@@ -9,7 +9,11 @@ import torch
 from scipy import linalg
 from torch import nn
 
-from mstl_utils import config, data, gan, generated, stages
+from mstl_utils.core import config
+from mstl_utils import data
+from mstl_utils.experiments import gan
+from mstl_utils.data import generated
+from mstl_utils.engine import stages
 
 TINY = gan.GANConfig(image_size=32, width=4, latent_dim=8, batch_size=4, num_steps=2, checkpoint_every=1)
 

@@ -3,8 +3,8 @@ import pytest
 
 from sklearn.metrics import roc_auc_score
 
-from mstl_utils import metrics
-from mstl_utils.metrics import auc_rows, bootstrap_auc_ci
+from mstl_utils.report import metrics
+from mstl_utils.report.metrics import auc_rows, bootstrap_auc_ci
 
 
 def test_binary_metrics_known_answer():

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from mstl_utils import models, repro
+from mstl_utils import models
+from mstl_utils.core import repro
 
 
 def _fake_weights_dir(tmp_path):

@@ -86,7 +86,7 @@ def test_smoke_study_executes_every_notebook(smoke_book):
     }
     for name, columns in contract.items():
         assert (results / name).read_text().splitlines()[0] == columns, name
-    from mstl_utils import benchmark
+    from mstl_utils.experiments import benchmark
     assert (results / "benchmark.csv").read_text().splitlines()[0] == ",".join(benchmark.COLUMNS)
     times = (results / "study_time.csv").read_text().splitlines()
     assert times[0] == ",".join(study.TIME_COLUMNS) and len(times) == 1 + len(study.STEPS)

@@ -5,7 +5,11 @@ import pandas as pd
 import pytest
 import torch
 
-from mstl_utils import analysis, config, folds as folds_mod, protocol, stages, statistics as st, train
+from mstl_utils.report import analysis, statistics as st
+from mstl_utils.core import config
+from mstl_utils.data import folds as folds_mod
+from mstl_utils.experiments import protocol
+from mstl_utils.engine import stages, train
 
 
 @pytest.fixture

@@ -10,7 +10,9 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from mstl_utils import config, models, protocol, pruning
+from mstl_utils.core import config
+from mstl_utils import models
+from mstl_utils.experiments import protocol, pruning
 
 
 class Tiny(nn.Module):

@@ -38,7 +38,7 @@ def test_committed_head_ct_folds_match_the_labels(real_data_dir):
 
     import pandas as pd
 
-    from mstl_utils import folds
+    from mstl_utils.data import folds
 
     committed = folds.read_folds(Path(__file__).resolve().parents[1] / "data" / "folds" / "head_ct_folds.csv")
     table, _ = data.read_table(data.locate("head_ct", data="real", data_dir=real_data_dir))
@@ -47,7 +47,9 @@ def test_committed_head_ct_folds_match_the_labels(real_data_dir):
 
 
 def test_protocol_uses_the_committed_folds_for_the_real_data(real_data_dir):
-    from mstl_utils import config, folds, paths, protocol
+    from mstl_utils.core import config, paths
+    from mstl_utils.data import folds
+    from mstl_utils.experiments import protocol
 
     for name in ("quick", "paper"):
         profile = config.get_profile(name, data="real")
@@ -59,7 +61,8 @@ def test_protocol_uses_the_committed_folds_for_the_real_data(real_data_dir):
 
 
 def test_real_data_match_the_committed_manifests(real_data_dir):
-    from mstl_utils import manifest, repro
+    from mstl_utils.data import manifest
+    from mstl_utils.core import repro
 
     for dataset in ("head_ct", "chest_xray"):
         source = data.locate(dataset, data="real", data_dir=real_data_dir, download=False)

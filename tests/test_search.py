@@ -10,7 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mstl_utils import analysis, config, folds as folds_mod, protocol, search
+from mstl_utils.report import analysis
+from mstl_utils.core import config
+from mstl_utils.data import folds as folds_mod
+from mstl_utils.experiments import protocol, search
 
 
 @pytest.fixture
@@ -186,7 +189,7 @@ def test_tuning_tests_pair_settings_fold_by_fold():
 
 def test_storage_description_hides_passwords_and_absolute_paths():
     assert search.describe_storage("postgresql://mstl:secret@db.example/mstl") == "postgresql://mstl:***@db.example/mstl"
-    from mstl_utils import paths
+    from mstl_utils.core import paths
     inside = paths.project_root() / "runs" / "quick" / "search" / "optuna.db"
     assert search.describe_storage(f"sqlite:///{inside}") == "sqlite:///runs/quick/search/optuna.db"
 

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from mstl_utils import config, stages, train
+from mstl_utils.core import config
+from mstl_utils.engine import stages, train
 
 
 @pytest.fixture

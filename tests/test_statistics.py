@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from mstl_utils import statistics as st
+from mstl_utils.report import statistics as st
 
 
 # --- mean_ci -----------------------------------------------------------------
@@ -231,7 +231,7 @@ def test_compare_arms_baseline_pairs_and_errors():
 
 
 def test_module_does_not_import_torch():
-    code = "import sys, mstl_utils.statistics; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, mstl_utils.report.statistics; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

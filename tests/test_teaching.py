@@ -27,7 +27,10 @@ import pytest
 import torch
 import yaml
 
-from mstl_utils import config, models, protocol, search, stages, train
+from mstl_utils.core import config
+from mstl_utils import models
+from mstl_utils.experiments import protocol, search
+from mstl_utils.engine import stages, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACH = ROOT / "book" / "teach.md"
@@ -223,7 +226,7 @@ def test_exercise_scripts_call_real_functions(exercise):
     stages/protocol stand-ins: profiles are really built, calls are checked, nothing trains."""
     scripts = [s for lang, code in exercise["blocks"] if lang == "bash" for s in HEREDOC.findall(code)]
     changed = _changes(exercise)
-    cfg = _load("mstl_utils/config.py", changed["mstl_utils/config.py"]) if "mstl_utils/config.py" in changed else config
+    cfg = _load("mstl_utils/core/config.py", changed["mstl_utils/core/config.py"]) if "mstl_utils/core/config.py" in changed else config
     for script in scripts:
         checked = {"stages": Checked(stages), "protocol": Checked(protocol)}
         _run_script(script, {"config": cfg, **checked})
@@ -250,7 +253,7 @@ def test_architecture_exercise_uses_a_registered_model():
 def test_strategy_exercise_names_real_strategies_that_freeze():
     """The frozen-depth exercise: every strategy it names exists, and the one its script runs
     keeps the bottom blocks fixed while the top trains."""
-    from mstl_utils import transfer
+    from mstl_utils.models import transfer
 
     exercise = next(e for e in EXERCISES if "strategy" in (e["parameter"] or ""))
     named = re.findall(r'`"(\w+)"`', exercise["parameter"]) + re.findall(r'strategy="(\w+)"', exercise["body"])

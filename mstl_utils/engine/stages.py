@@ -33,9 +33,13 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from . import __version__, data as data_mod, generated, models, paths, repro, train, transfer
-from .config import Profile, StageConfig
-from .metrics import binary_metrics, multiclass_metrics
+from .. import __version__
+from ..data import datasets as data_mod, generated
+from ..models import registry as models, transfer
+from ..core import paths, repro
+from . import train
+from ..core.config import Profile, StageConfig
+from ..report.metrics import binary_metrics, multiclass_metrics
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +58,7 @@ class StageResult:
 
 @dataclass(frozen=True)
 class Split:
-    """A fixed test part: one fold of one repeat of the cross-validation (see ``mstl_utils.folds``)."""
+    """A fixed test part: one fold of one repeat of the cross-validation (see ``mstl_utils.data.folds``)."""
 
     repeat: int
     fold: int
@@ -225,8 +229,8 @@ def run_stage(
     ``split`` fixes the test part (a cross-validation fold); ``init_seed`` picks the
     earlier stage's run to start from when it differs from ``seed``; ``in_chans=3``
     trains on RGB images instead of grey (the colour-shortcut experiment only); ``strategy`` names a
-    transfer strategy of ``mstl_utils.transfer`` (what is trained, batch norm, learning rates). ``synthetic_dir``
-    (a folder of ``mstl_utils.generated``) adds generated images to the training part only;
+    transfer strategy of ``mstl_utils.models.transfer`` (what is trained, batch norm, learning rates). ``synthetic_dir``
+    (a folder of ``mstl_utils.data.generated``) adds generated images to the training part only;
     ``balance`` then evens the training classes: ``"class_weights"`` (inverse-frequency loss
     weights) or ``"oversample"`` (minority images drawn again). An interrupted
     run with the same settings is resumed from its last finished epoch (``force``

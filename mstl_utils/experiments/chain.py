@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import data as data_mod, stages
-from .config import INIT_CHOICES, Profile
+from ..data import datasets as data_mod
+from ..engine import stages
+from ..core.config import INIT_CHOICES, Profile
 from .protocol import head_ct_folds, plan as protocol_plan
-from .stages import StageResult
+from ..engine.stages import StageResult
 
 #: The paper's own chain, as a chain.
 PAPER_CHAIN = ("imagenet", "chest_xray", "head_ct")

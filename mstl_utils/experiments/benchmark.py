@@ -31,8 +31,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import data as data_mod, decoded, models, repro, train
-from .config import Profile
+from ..data import datasets as data_mod, decoded
+from ..models import registry as models
+from ..core import repro
+from ..engine import train
+from ..core.config import Profile
 
 log = logging.getLogger(__name__)
 

@@ -46,10 +46,14 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from . import __version__, models, paths, repro, stages, statistics, train
-from .config import ARM_INIT, STAGE1_INIT, Profile
-from .metrics import binary_metrics
-from .stages import Split
+from .. import __version__
+from ..models import registry as models
+from ..core import paths, repro
+from ..engine import stages, train
+from ..report import statistics
+from ..core.config import ARM_INIT, STAGE1_INIT, Profile
+from ..report.metrics import binary_metrics
+from ..engine.stages import Split
 
 log = logging.getLogger(__name__)
 
@@ -395,7 +399,7 @@ def dense_name(profile: Profile, arm: str, stage: str = "stage2") -> str:
     """The dense runs pruning starts from: the protocol's own (``cv_<arm>`` folds; for stage 1 the bridge
     ``stage1`` or ``stage1_scratch``) when ``profile`` is a named profile unchanged, else runs of their own,
     so that the protocol's runs are never overwritten."""
-    from .config import get_profile
+    from ..core.config import get_profile
 
     _check_stage(stage, arm)
     base = STAGE1_DENSE[arm] if stage == "stage1" else f"cv_{arm}"
@@ -633,7 +637,7 @@ def run_pruning(profile: Profile, configs: list[PruneConfig], *, arm: str, folds
                 force: bool = False, workers: int | None = None) -> PruningStudy:
     """The arm's dense runs on every fold of ``repeats`` (the first ``max_folds`` of each; None: all), the
     protocol's own runs (reused) for an unchanged profile, then every pruning schedule on each fold."""
-    from .config import STAGE1_INIT
+    from ..core.config import STAGE1_INIT
     from .protocol import bridges, plan
 
     runs = [r for r in plan(profile, folds, arms=(arm,))
@@ -680,7 +684,7 @@ COLUMNS = ["model", "method", "round", "sparsity", "arm", "profile", "accuracy_m
 
 def profile_label(profile: Profile) -> str:
     """The profile's name, with the image size when it differs from the named profile's (e.g. ``quick 64px``)."""
-    from .config import PROFILES
+    from ..core.config import PROFILES
 
     named = PROFILES.get(profile.name)
     return profile.name if named and named.image_size == profile.image_size else f"{profile.name} {profile.image_size}px"

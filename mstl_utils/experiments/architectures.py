@@ -28,9 +28,12 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import models, paths, protocol, repro, stages, train, transfer
-from .config import INIT_CHOICES, STAGE1_INIT, Profile
-from .statistics import mean_ci
+from ..models import registry as models, transfer
+from ..core import paths, repro
+from . import protocol
+from ..engine import stages, train
+from ..core.config import INIT_CHOICES, STAGE1_INIT, Profile
+from ..report.statistics import mean_ci
 
 #: The arms each architecture runs: single-stage ImageNet transfer and the paper's two stages.
 ARMS = ("imagenet", "multistage")

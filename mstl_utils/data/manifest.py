@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import paths
+from ..core import paths
 from .images import DataFormatError
 
 MANIFEST_DIR = Path("data") / "manifests"

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import data as data_mod, folds as folds_mod, paths
-from .config import ARM_INIT, STAGE1_INIT, Profile
-from .stages import Split, StageResult, load_result, run_dir_for, run_stage, run_stages
+from ..data import datasets as data_mod, folds as folds_mod
+from ..core import paths
+from ..core.config import ARM_INIT, STAGE1_INIT, Profile
+from ..engine.stages import Split, StageResult, load_result, run_dir_for, run_stage, run_stages
 
 log = logging.getLogger(__name__)
 

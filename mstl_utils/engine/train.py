@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm  # the console bar; disable=None hides it off a terminal (notebooks)
 
-from .repro import atomic_write  # re-exported: checkpoints and results share one mechanism
+from ..core.repro import atomic_write  # re-exported: checkpoints and results share one mechanism
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def fit(
     ``resume`` continues after its epoch exactly as an uninterrupted run would.
     ``train_loader.generator`` (if any) is the data-order/augmentation generator.
     ``params``: Adam's parameters or parameter groups (a transfer strategy's, see
-    ``mstl_utils.transfer.apply``); None trains every parameter at ``lr``.
+    ``mstl_utils.models.transfer.apply``); None trains every parameter at ``lr``.
     ``class_weights`` weight the training loss only (validation loss stays unweighted).
     """
     model.to(device).to(memory_format=torch.channels_last)

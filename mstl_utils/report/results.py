@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from . import repro
+from ..core import repro
 
 #: Columns of ``stage1_test.csv`` (the contract other chapters and reviewers read).
 STAGE1_COLUMNS = ["model", "init_from", "profile", "seed", "image_size", "accuracy", "auc", "sensitivity", "specificity", "n_test"]

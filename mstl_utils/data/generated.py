@@ -25,8 +25,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from . import repro
-from .data import DataFormatError, StageData, load_images
+from ..core import repro
+from .datasets import DataFormatError, StageData, load_images
 
 MANIFEST = "manifest.csv"
 INFO = "info.json"
@@ -60,7 +60,7 @@ def read_manifest(folder: str | Path, *, verify: bool = True) -> pd.DataFrame:
     manifest_file = folder / MANIFEST
     if not manifest_file.is_file():
         raise DataFormatError(f"{manifest_file}: not found; a generated-image folder needs the manifest "
-                              "that mstl_utils.generated.write_folder writes")
+                              "that mstl_utils.data.generated.write_folder writes")
     table = pd.read_csv(manifest_file, dtype=str)
     if list(table.columns) != ["file", "class", "sha256"]:
         raise DataFormatError(f"{manifest_file}: columns {list(table.columns)}; expected file, class, sha256")

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import RepeatedStratifiedKFold
 
-from .repro import atomic_write
+from ..core.repro import atomic_write
 
 FOLD_COLUMNS = ["image_id", "label", "repeat", "fold"]
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from . import paths, repro
+from ..core import paths, repro
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ class GreyInput(nn.Module):
         # A plain attribute, not a buffer: the state_dict (and every checkpoint) stays as it was.
         self.in_chans = in_chans
         # Batch-norm layers kept in evaluation mode while the rest trains (frozen blocks of a
-        # transfer strategy, see mstl_utils.transfer); plain attribute too.
+        # transfer strategy, see mstl_utils.models.transfer); plain attribute too.
         self.frozen_norms: tuple[str, ...] = ()
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))

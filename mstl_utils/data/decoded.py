@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import paths, repro
+from ..core import paths, repro
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ folder (``runs/<profile>/search/optuna.db``), so an interrupted search resumes; 
 database URL Optuna accepts (``postgresql://user@host/mstl``) lets workers on several
 machines fill the same studies. Extra workers only add trials::
 
-    python -m mstl_utils.search --profile quick --data real --storage postgresql://user@host/mstl
+    python -m mstl_utils.experiments.search --profile quick --data real --storage postgresql://user@host/mstl
 
 Every worker needs the same bridge checkpoints (``runs/<profile>/stage1/seed*``): a
 study's name holds their sha256, so a worker with other bridges works on other studies.
@@ -42,10 +42,12 @@ import pandas as pd
 import torch
 from optuna.trial import TrialState
 
-from . import __version__, paths, repro, stages, train
-from .config import STAGE1_INIT, Profile, get_profile
+from .. import __version__
+from ..core import paths, repro
+from ..engine import stages, train
+from ..core.config import STAGE1_INIT, Profile, get_profile
 from .protocol import FoldRun, head_ct_folds, plan as protocol_plan, run_protocol
-from .stages import StageResult
+from ..engine.stages import StageResult
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,12 @@ from scipy import linalg
 from torch import nn
 from torch.nn import functional as F
 
-from . import generated, models, paths, repro, stages, statistics, train
-from .config import Profile
+from ..data import generated
+from ..models import registry as models
+from ..core import paths, repro
+from ..engine import stages, train
+from ..report import statistics
+from ..core.config import Profile
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from . import models
+from . import registry as models
 
 #: What the batch-norm layers of frozen blocks do (see the module docstring).
 FROZEN_BN = ("eval", "train")

@@ -4,7 +4,7 @@ Two Kaggle datasets in their download layouts, any ImageFolder dataset given by
 path, and synthetic stand-ins. Every image becomes one grey channel: the
 head-CT files carry a colour shortcut (tinted and RGBA files are all one
 class), and the chest X-rays are grey anyway. ``in_chans=3`` keeps the colour:
-only the experiment that shows the shortcut (``mstl_utils.explain``) asks for it.
+only the experiment that shows the shortcut (``mstl_utils.experiments.explain``) asks for it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import pandas as pd
 import torch
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit
 
-from . import decoded as decoded_mod, manifest, paths, repro, synthetic
+from . import decoded as decoded_mod, manifest, synthetic
+from ..core import paths, repro
 from .batches import TensorBatches
 from .images import IMAGE_SUFFIXES, DataFormatError, load_image, open_grey  # noqa: F401  (re-exported)
 

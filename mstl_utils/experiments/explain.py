@@ -32,11 +32,14 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from scipy import ndimage
 from torch import nn
 
-from . import audit, models, protocol, stages, train
-from .batches import TensorBatches
-from .config import Profile
-from .data import StageData
-from .stages import StageResult
+from ..data import audit
+from ..models import registry as models
+from . import protocol
+from ..engine import stages, train
+from ..data.batches import TensorBatches
+from ..core.config import Profile
+from ..data.datasets import StageData
+from ..engine.stages import StageResult
 
 log = logging.getLogger(__name__)
 
