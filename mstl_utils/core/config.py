@@ -51,7 +51,8 @@ class Profile:
     cv_repeats: int = 10  # head-CT protocol: repeats of the k-fold (repeat r trains with seed r)
     num_threads: int | None = None  # torch CPU threads (None = torch's default)
     deterministic: bool = True  # torch deterministic algorithms; costs little on CPU
-    precision: str = "auto"  # training/inference numerics: "auto" (bf16 autocast on GPU, fp32 on CPU), "fp32", "bf16"
+    device: str = "auto"  # where runs train: "auto" (the GPU when there is one), "cpu", "cuda", "cuda:1"
+    precision: str = "auto"  # training numerics: "auto" (bf16 autocast on GPU, fp32 on CPU), "fp32", "bf16"
     compile: bool = False  # torch.compile the model (measured slower on the 2-core CI CPU: benchmark appendix)
     # When no ImageNet weights can be found: False stops with an error; True trains
     # from random weights and labels every result "random (ImageNet unavailable)".

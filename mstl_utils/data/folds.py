@@ -7,7 +7,9 @@ labels and checks that a committed copy still agrees.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,6 +18,22 @@ from sklearn.model_selection import RepeatedStratifiedKFold
 from ..core.repro import atomic_write
 
 FOLD_COLUMNS = ["image_id", "label", "repeat", "fold"]
+
+
+@dataclass(frozen=True)
+class Split:
+    """A fixed test part: one fold of one repeat of the cross-validation."""
+
+    repeat: int
+    fold: int
+    test_ids: tuple[str, ...]  # the dataset's image ids (``group`` column) in the test part
+
+    @property
+    def key(self) -> str:
+        return f"repeat{self.repeat:02d}_fold{self.fold}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"repeat": self.repeat, "fold": self.fold, "test_ids": sorted(self.test_ids)}
 
 
 def make_folds(image_ids: list[str], labels: np.ndarray, *, n_splits: int = 5, n_repeats: int = 10, seed: int = 0) -> pd.DataFrame:

@@ -28,6 +28,9 @@ from PIL import Image
 from ..core import repro
 from .datasets import DataFormatError, StageData, load_images
 
+#: How a run evens its training classes: weight the loss, or duplicate minority images (None: neither).
+BALANCE_CHOICES = ("class_weights", "oversample")
+
 MANIFEST = "manifest.csv"
 INFO = "info.json"
 #: ``StageData.table["split"]`` of generated rows (real rows say train / val / test).

@@ -25,11 +25,12 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """The precision ``precision`` means on ``device`` (a device or its type, "cpu" / "cuda")."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}; expected one of {PRECISIONS}")
     if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
+        return "bf16" if (device if isinstance(device, str) else device.type) == "cuda" else "fp32"
     return precision
 
 
@@ -162,15 +163,16 @@ def fit(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: Iterable, *, device: torch.device,
-            precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities ``[N, C]`` and true labels ``[N]`` for every image of ``loader``, in order."""
+def predict(model: nn.Module, loader: Iterable, *, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities ``[N, C]`` and true labels ``[N]`` for every image of ``loader``, in order.
+
+    Always in fp32, whatever the training precision: under bf16 autocast the logits would be
+    rounded to 8 bits of mantissa before the softmax, giving coarse probabilities and ties in
+    the AUC. Prediction is a small share of a run's time."""
     model.to(device).eval()
-    precision = resolve_precision(precision, device)
     probs, labels = [], []
     for images, y in loader:
-        with _autocast(device, precision):
-            logits = model(_to_device(images, device))
+        logits = model(_to_device(images, device))
         probs.append(torch.softmax(logits.float(), dim=1).cpu())
         labels.append(y.cpu())
     return torch.cat(probs).numpy(), torch.cat(labels).numpy()

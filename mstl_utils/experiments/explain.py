@@ -107,7 +107,7 @@ def compute_cams(model: models.GreyInput, images: torch.Tensor, *, target_class:
 def predict_probs(model: models.GreyInput, images: torch.Tensor) -> np.ndarray:
     """Class probabilities ``[N, C]`` of uint8 images ``[N, C, H, W]`` (the study's own inference code)."""
     loader = TensorBatches(images.contiguous(), np.zeros(len(images)), batch_size=64)
-    probs, _ = train.predict(model, loader, device=torch.device("cpu"), precision="fp32")
+    probs, _ = train.predict(model, loader, device=torch.device("cpu"))
     return probs
 
 

@@ -15,10 +15,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..data import datasets as data_mod, folds as folds_mod
 from ..core import paths
 from ..core.config import ARM_INIT, STAGE1_INIT, Profile
-from ..engine.stages import Split, StageResult, load_result, run_dir_for, run_stage, run_stages
+from ..data import datasets as data_mod, folds as folds_mod
+from ..data.folds import Split
+from ..engine import executors, lifecycle
+from ..engine.lifecycle import RunResult
+from ..engine.spec import RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +35,54 @@ FOLD_RESULT_COLUMNS = ["arm", "repeat", "fold", "seed", "n_train", "n_test", "ac
 OOF_COLUMNS = ["arm", "repeat", "image_id", "label", "prob"]
 
 
+def bridge_spec(profile: Profile, *, init: str = "imagenet", seed: int = 0, data_dir: str | Path | None = None,
+                name: str | None = None) -> RunSpec:
+    """The bridge run (stage 1) that starts from ``init`` with ``seed``: ``stage1`` or ``stage1_scratch``."""
+    for stage_name, start in STAGE1_INIT.items():
+        if start == init:
+            return RunSpec(name=name or stage_name, stage="stage1", profile=profile, init=init, seed=seed,
+                           data_dir=data_dir)
+    raise ValueError(f"init={init!r}; a bridge starts from one of {sorted(STAGE1_INIT.values())}")
+
+
+def arm_start(profile: Profile, arm: str, *, bridge_seed: int, data_dir: str | Path | None = None) -> str | RunSpec:
+    """Where ``arm``'s target run starts: ``imagenet``, ``scratch`` or the bridge run it continues."""
+    if arm not in ARM_INIT:
+        raise ValueError(f"unknown arm {arm!r}; expected one of {list(ARM_INIT)}")
+    init = ARM_INIT[arm]
+    if init in STAGE1_INIT:
+        return bridge_spec(profile, init=STAGE1_INIT[init], seed=bridge_seed, data_dir=data_dir)
+    return init
+
+
 @dataclass(frozen=True)
 class FoldRun:
-    """One planned stage-2 run of the protocol."""
+    """One planned stage-2 run of the protocol: an arm on one fold."""
 
     arm: str
-    split: Split
-    seed: int  # training seed (the repeat index): shared by all arms of a repeat
-    init_from: str  # "scratch", "imagenet" or a bridge stage name
-    init_seed: int  # seed of the bridge run a chained arm starts from
+    spec: RunSpec
+
+    @property
+    def split(self) -> Split:
+        return self.spec.split
+
+    @property
+    def seed(self) -> int:  # training seed (the repeat index): shared by all arms of a repeat
+        return self.spec.seed
+
+    @property
+    def init_from(self) -> str:
+        """``scratch``, ``imagenet`` or the bridge's run name."""
+        return self.spec.init if isinstance(self.spec.init, str) else self.spec.init.name
+
+    @property
+    def init_seed(self) -> int:
+        """The seed of the bridge run a chained arm starts from (its own seed otherwise)."""
+        return self.spec.seed if isinstance(self.spec.init, str) else self.spec.init.seed
 
     @property
     def name(self) -> str:
-        return f"cv_{self.arm}"
+        return self.spec.name
 
 
 def head_ct_folds(profile: Profile, *, data_dir: str | Path | None = None, folds_file: str | Path | None = None,
@@ -77,25 +115,44 @@ def head_ct_folds(profile: Profile, *, data_dir: str | Path | None = None, folds
     return made, f"made for {source.kind} data ({paths.relative(written)})"
 
 
-def plan(profile: Profile, folds: pd.DataFrame, *, arms: tuple[str, ...] = tuple(ARM_INIT)) -> list[FoldRun]:
+def splits(folds: pd.DataFrame) -> list[Split]:
+    """Every (repeat, fold) test part of a fold table, repeat by repeat."""
+    found = []
+    for repeat in sorted(folds["repeat"].unique()):
+        for fold in sorted(folds.loc[folds["repeat"] == repeat, "fold"].unique()):
+            _, test_ids = folds_mod.split_of(folds, repeat=int(repeat), fold=int(fold))
+            found.append(Split(int(repeat), int(fold), tuple(test_ids)))
+    return found
+
+
+def bridge_seed(profile: Profile, repeat: int) -> int:
+    """The seed of the bridge that repeat ``repeat``'s chained arms start from."""
+    return profile.seeds[repeat % len(profile.seeds)]
+
+
+def fold_spec(profile: Profile, arm: str, split: Split, *, start: str | RunSpec | None = None, name: str | None = None,
+              data_dir: str | Path | None = None, **options) -> RunSpec:
+    """The target run of ``arm`` on ``split`` (seed: the repeat index); ``start`` replaces the arm's own start
+    (another bridge), ``options`` are RunSpec options (strategy, in_chans, ...)."""
+    if start is None:
+        start = arm_start(profile, arm, bridge_seed=bridge_seed(profile, split.repeat), data_dir=data_dir)
+    return RunSpec(name=name or f"cv_{arm}", stage="stage2", profile=profile, init=start, seed=split.repeat,
+                   split=split, data_dir=data_dir, **options)
+
+
+def plan(profile: Profile, folds: pd.DataFrame, *, arms: tuple[str, ...] = tuple(ARM_INIT),
+         data_dir: str | Path | None = None) -> list[FoldRun]:
     """Every (arm, repeat, fold) run, repeat by repeat so that a partial run has whole repeats."""
     unknown = [a for a in arms if a not in ARM_INIT]
     if unknown:
         raise ValueError(f"unknown arm(s) {unknown}; expected some of {list(ARM_INIT)}")
-    runs = []
-    for repeat in sorted(folds["repeat"].unique()):
-        for fold in sorted(folds.loc[folds["repeat"] == repeat, "fold"].unique()):
-            _, test_ids = folds_mod.split_of(folds, repeat=int(repeat), fold=int(fold))
-            split = Split(int(repeat), int(fold), tuple(test_ids))
-            for arm in arms:
-                runs.append(FoldRun(arm, split, seed=int(repeat), init_from=ARM_INIT[arm],
-                                    init_seed=profile.seeds[int(repeat) % len(profile.seeds)]))
-    return runs
+    return [FoldRun(arm, fold_spec(profile, arm, split, data_dir=data_dir)) for split in splits(folds) for arm in arms]
 
 
-def bridges(runs: list[FoldRun]) -> list[tuple[str, int]]:
-    """The bridge runs (stage name, seed) that the planned runs start from."""
-    return sorted({(r.init_from, r.init_seed) for r in runs if r.init_from in STAGE1_INIT})
+def bridges(runs: list[FoldRun]) -> list[RunSpec]:
+    """The bridge runs that the planned runs start from, each once."""
+    found = {str(r.spec.init.relpath): r.spec.init for r in runs if isinstance(r.spec.init, RunSpec)}
+    return [found[k] for k in sorted(found)]
 
 
 def run_protocol(
@@ -103,44 +160,41 @@ def run_protocol(
     *,
     arms: tuple[str, ...] = tuple(ARM_INIT),
     data_dir: str | Path | None = None,
-    weights_dir: str | Path | None = None,
-    runs_root: str | Path | None = None,
-    device: str = "auto",
     force: bool = False,
     folds: pd.DataFrame | None = None,
+    executor: str | executors.Executor = "local",
     workers: int | None = None,
-) -> list[StageResult]:
-    """Run (or reuse) the bridge stages and every fold of every arm; return the fold results.
+) -> list[RunResult]:
+    """Run (or reuse) the bridges and every fold of every arm; return the fold results.
 
-    ``folds`` defaults to ``head_ct_folds(profile)``; ``workers`` fold runs train side
-    by side (``stages.run_stages``; None: ``stages.default_workers``)."""
+    ``folds`` defaults to ``head_ct_folds(profile)``. ``force`` trains the fold runs again, never
+    the bridges (the stage-1 notebooks own them; a changed bridge re-runs the folds anyway)."""
     if folds is None:
-        folds, _ = head_ct_folds(profile, data_dir=data_dir, runs_root=runs_root)
-    runs = plan(profile, folds, arms=arms)
-    common = dict(data_dir=data_dir, weights_dir=weights_dir, runs_root=runs_root, device=device)
-    for name, seed in bridges(runs):
-        # Complete bridges are reused even with ``force``: the stage-1 notebooks own them, and a
-        # changed bridge re-runs the folds anyway (their config holds the bridge's sha256).
-        run_stage(name, profile, stage="stage1", init_from=STAGE1_INIT[name], seed=seed, **common)
-    jobs = [dict(name=run.name, profile=profile, stage="stage2", init_from=run.init_from, seed=run.seed,
-                 split=run.split, init_seed=run.init_seed, force=force, **common) for run in runs]
-    return run_stages(jobs, workers=workers, device=device, description="fold runs")
+        folds, _ = head_ct_folds(profile, data_dir=data_dir)
+    runs = plan(profile, folds, arms=arms, data_dir=data_dir)
+    return executors.run_specs([r.spec for r in runs], executor=executor, workers=workers, force=force,
+                               description="fold runs")
 
 
 def load_protocol(profile: Profile, *, arms: tuple[str, ...] = tuple(ARM_INIT), data_dir: str | Path | None = None,
-                  runs_root: str | Path | None = None, folds: pd.DataFrame | None = None) -> list[StageResult]:
+                  runs_root: str | Path | None = None, folds: pd.DataFrame | None = None) -> list[RunResult]:
     """Read back every planned fold run (an error names the first one missing); trains nothing."""
     if folds is None:
-        folds, _ = head_ct_folds(profile, data_dir=data_dir, runs_root=runs_root)
-    return [load_result(run_dir_for(profile, run.name, run.seed, runs_root, run.split))
-            for run in plan(profile, folds, arms=arms)]
+        folds, _ = head_ct_folds(profile, data_dir=data_dir)
+    return [lifecycle.load_spec(run.spec, runs_root) for run in plan(profile, folds, arms=arms, data_dir=data_dir)]
 
 
-def _arm(result: StageResult) -> str:
+def paper_split_spec(profile: Profile, arm: str, *, seed: int, data_dir: str | Path | None = None) -> RunSpec:
+    """The paper's own setting: ``arm`` on one 80/20 split of the target drawn by ``seed``."""
+    return RunSpec(name=f"stage2_{arm}", stage="stage2", profile=profile,
+                   init=arm_start(profile, arm, bridge_seed=seed, data_dir=data_dir), seed=seed, data_dir=data_dir)
+
+
+def _arm(result: RunResult) -> str:
     return result.config["name"].removeprefix("cv_")
 
 
-def fold_table(results: list[StageResult]) -> pd.DataFrame:
+def fold_table(results: list[RunResult]) -> pd.DataFrame:
     """``stage2_folds.csv``: test metrics of each fold run; ``n_train`` counts the images trained on."""
     rows = []
     for result in results:
@@ -149,11 +203,11 @@ def fold_table(results: list[StageResult]) -> pd.DataFrame:
         rows.append({"arm": _arm(result), "repeat": split["repeat"], "fold": split["fold"],
                      "seed": result.config["seed"], "n_train": int(counts["train"]), "n_test": int(counts["test"]),
                      **{k: result.metrics[k] for k in FOLD_RESULT_COLUMNS[6:12]},
-                     "profile": result.config["profile"]["name"]})
+                     "profile": result.config["profile"]})
     return pd.DataFrame(rows, columns=FOLD_RESULT_COLUMNS)
 
 
-def oof_table(results: list[StageResult]) -> pd.DataFrame:
+def oof_table(results: list[RunResult]) -> pd.DataFrame:
     """``stage2_oof.csv``: each image's out-of-fold probability of hemorrhage, per arm and repeat."""
     parts = []
     for result in results:
@@ -165,7 +219,7 @@ def oof_table(results: list[StageResult]) -> pd.DataFrame:
     return table.sort_values(["arm", "repeat", "image_id"], ignore_index=True)
 
 
-def histories(results: list[StageResult]) -> pd.DataFrame:
+def histories(results: list[RunResult]) -> pd.DataFrame:
     """Every fold run's per-epoch history, labelled by arm, repeat and fold (for learning curves)."""
     return pd.concat([r.history.assign(arm=_arm(r), repeat=r.config["split"]["repeat"], fold=r.config["split"]["fold"])
                       for r in results], ignore_index=True)
