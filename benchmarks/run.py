@@ -26,10 +26,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the headline measurements")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
     parser.add_argument("--results", default="book/results", help="folder of benchmark.csv (default: book/results)")
+    parser.add_argument("--executors", action="store_true",
+                        help="instead: the local and the Ray executor on the same fold runs (executors.csv)")
+    parser.add_argument("--runs", type=int, default=8, help="fold runs per executor with --executors (default: 8)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     profile = config.get_profile(args.profile, **({"data": args.data} if args.data else {}))
     start = time.perf_counter()
+    if args.executors:
+        table = benchmark.executor_comparison(profile, n_runs=args.runs)
+        print(f"{results.save_table(table, 'executors.csv', args.results)} ({time.perf_counter() - start:.0f} s)")
+        return 0
     table = benchmark.run(profile, device=args.device, steps=args.steps, compile=not args.no_compile,
                           repeats=args.repeats)
     path = results.save_table(table, "benchmark.csv", args.results)

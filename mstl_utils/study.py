@@ -27,6 +27,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .core import paths, repro
+from .core.config import CORE_CHAPTERS
 from .report import results
 
 log = logging.getLogger(__name__)
@@ -34,11 +35,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Step:
-    """One notebook execution: source notebook, executed copy in the book, extra parameters."""
+    """One notebook execution: source notebook, executed copy in the book, extra parameters, and the
+    earlier steps it needs (their runs or their tables), by name (``Step.name``: the output's stem)."""
 
     source: str
     output: str
     parameters: dict[str, Any] = field(default_factory=dict)
+    needs: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return Path(self.output).stem
 
 
 STEPS = (
@@ -46,17 +53,59 @@ STEPS = (
     Step("02_stage1.ipynb", "stage1.ipynb", {"init_from": "imagenet"}),
     Step("02_stage1.ipynb", "stage1_scratch.ipynb", {"init_from": "scratch"}),
     Step("03_stage2.ipynb", "stage2_imagenet.ipynb", {"init_from": "imagenet"}),
-    Step("03_stage2.ipynb", "stage2_multistage.ipynb", {"init_from": "stage1"}),
-    Step("04_crossval.ipynb", "crossval.ipynb"),
-    Step("05_results.ipynb", "results.ipynb"),
-    Step("07_search.ipynb", "search.ipynb"),
-    Step("09_chain.ipynb", "chain.ipynb"),
-    Step("10_gan.ipynb", "gan.ipynb"),  # the 2-class bridge (02), the chain's 3-class link (09), the folds (04)
-    Step("08_explain.ipynb", "explain.ipynb"),  # the fold runs of 04; glues a number of 01
-    Step("12_architectures.ipynb", "architectures.ipynb"),  # reuses the protocol runs of 04 for the profile's model
-    Step("11_pruning.ipynb", "pruning.ipynb"),  # prunes the fold runs of 04
-    Step("06_benchmark.ipynb", "benchmark.ipynb"),  # last: it reports the wall time of the steps above
+    Step("03_stage2.ipynb", "stage2_multistage.ipynb", {"init_from": "stage1"}, needs=("stage1",)),
+    Step("04_crossval.ipynb", "crossval.ipynb", needs=("stage1", "stage1_scratch")),
+    # Reads the tables of the paper-setting pages and of the cross-validation.
+    Step("05_results.ipynb", "results.ipynb", needs=("stage2_imagenet", "stage2_multistage", "crossval")),
+    Step("07_search.ipynb", "search.ipynb", needs=("crossval",)),  # the paper-settings runs of the same folds
+    Step("09_chain.ipynb", "chain.ipynb", needs=("crossval",)),  # paired with the protocol's arms
+    Step("10_gan.ipynb", "gan.ipynb", needs=("stage1", "chain", "crossval")),  # the 2- and 3-class real-only bridges
+    Step("08_explain.ipynb", "explain.ipynb", needs=("data", "crossval")),  # the fold runs; glues a number of data
+    Step("12_architectures.ipynb", "architectures.ipynb", needs=("crossval",)),  # reuses the protocol runs
+    Step("11_pruning.ipynb", "pruning.ipynb", needs=("crossval", "stage1")),  # prunes the fold runs and the bridge
+    # Last: it reports the wall time of the steps before it (study_time.csv).
+    Step("06_benchmark.ipynb", "benchmark.ipynb"),
 )
+
+#: The core chapters: what ``make study`` runs by default (the question, answered).
+CORE = CORE_CHAPTERS
+
+
+def check_needs(steps: tuple[Step, ...] = STEPS) -> None:
+    """Every step's needs name an earlier step (the order of ``STEPS`` is the order of execution)."""
+    seen: set[str] = set()
+    names = {s.name for s in steps}
+    for step in steps:
+        unknown = [n for n in step.needs if n not in names]
+        late = [n for n in step.needs if n in names and n not in seen]
+        if unknown or late:
+            raise ValueError(f"step {step.name} needs {unknown + late}, "
+                             + ("which no step makes" if unknown else "which come later in STEPS"))
+        seen.add(step.name)
+
+
+def select(chapters: str | list[str] | None = None, *, output_dir: str | Path = "book") -> list[Step]:
+    """The steps to execute: the core chapters (None), every chapter ("all"), or the named ones (a list or a
+    comma/space separated string of step names). A step's needs that are not executed must have their
+    executed notebook in ``output_dir`` already (a chapter not re-executed keeps its committed notebook)."""
+    check_needs()
+    if chapters in (None, "", "core"):
+        wanted = set(CORE)
+    elif chapters == "all":
+        wanted = {s.name for s in STEPS}
+    else:
+        names = chapters.replace(",", " ").split() if isinstance(chapters, str) else list(chapters)
+        unknown = sorted(set(names) - {s.name for s in STEPS} - {"core"})
+        if unknown:
+            raise ValueError(f"unknown chapter(s) {unknown}; expected some of {[s.name for s in STEPS]}, 'core' or 'all'")
+        wanted = set(names) - {"core"} | (set(CORE) if "core" in names else set())
+    chosen = [s for s in STEPS if s.name in wanted]
+    for step in chosen:
+        missing = [n for n in step.needs if n not in wanted and not (Path(output_dir) / f"{n}.ipynb").is_file()]
+        if missing:
+            raise ValueError(f"chapter {step.name} needs {missing}: execute them too (e.g. CHAPTERS=\"{' '.join(missing)} "
+                             f"{step.name}\") or keep their executed notebooks in {output_dir}")
+    return chosen
 
 
 class NotebookFailed(RuntimeError):
@@ -86,6 +135,7 @@ def execute(
     results_dir: str | Path = "book/results",
     force: bool = False,
     workers: int | None = None,
+    executor: str = "local",
     root: Path | None = None,
 ) -> Path:
     """Execute one step with papermill; return the executed notebook's path."""
@@ -96,9 +146,9 @@ def execute(
     output = Path(output_dir) / step.output
     output.parent.mkdir(parents=True, exist_ok=True)
     nb = nbformat.read(source, as_version=4)
-    accepted = {"profile", "data", "results_dir", "force", "init_from", "data_dir", "workers"}
+    accepted = {"profile", "data", "results_dir", "force", "init_from", "data_dir", "workers", "executor"}
     params = {"profile": profile, "data": data, "results_dir": str(results_dir), "force": force, "workers": workers,
-              **step.parameters}
+              "executor": executor, **step.parameters}
     declared = "".join(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     params = {k: v for k, v in params.items() if k in accepted and re.search(rf"^{k}\s*=", declared, re.M)}
     start = time.perf_counter()
@@ -131,24 +181,64 @@ def write_status(sources_synthetic: bool, output_dir: str | Path) -> Path:
 TIME_COLUMNS = ["step", "notebook", "seconds", "profile", "force", "workers", "finished"]
 
 
+def estimates(results_dir: str | Path = "book/results") -> dict[str, float]:
+    """Seconds each notebook took when last executed here (``study_time.csv``), by notebook file name."""
+    file = Path(results_dir) / "study_time.csv"
+    if not file.is_file():
+        return {}
+    times = pd.read_csv(file)
+    return dict(zip(times["notebook"], times["seconds"]))
+
+
+def plan_text(steps: list[Step], *, profile: str, results_dir: str | Path = "book/results") -> str:
+    """What a study will execute and about how long each step took when last executed (measured, not guessed)."""
+    measured = estimates(results_dir)
+    lines, total, unknown = [f"study plan ({profile} profile): {len(steps)} notebook(s)"], 0.0, 0
+    for step in steps:
+        seconds = measured.get(step.output)
+        total += seconds or 0
+        unknown += seconds is None
+        lines.append(f"  {step.source:<24} -> {step.output:<24} "
+                     + (f"last took {seconds / 60:5.1f} min" if seconds is not None else "not measured yet"))
+    lines.append(f"about {total / 60:.0f} min when every run must be trained (complete runs are reused: minutes)"
+                 + (f"; {unknown} step(s) without a measured time" if unknown else ""))
+    return "\n".join(lines)
+
+
 def run(profile: str, *, data: str | None = None, output_dir: str | Path = "book",
-        results_dir: str | Path = "book/results", force: bool = False, workers: int | None = None) -> list[Path]:
-    """Execute every step in order; return the executed notebooks. Writes ``study_time.csv``."""
+        results_dir: str | Path = "book/results", force: bool = False, workers: int | None = None,
+        executor: str = "local", chapters: str | list[str] | None = "all") -> list[Path]:
+    """Execute the chosen steps in order (``chapters``: see ``select``; default every step); return the executed
+    notebooks. Updates ``study_time.csv`` with the steps executed."""
+    steps = select(chapters, output_dir=output_dir)
+    measured = estimates(results_dir)
+    log.info(plan_text(steps, profile=profile, results_dir=results_dir))
+    file = Path(results_dir) / "study_time.csv"
+    kept = pd.read_csv(file) if file.is_file() else pd.DataFrame(columns=TIME_COLUMNS)
+    kept = kept[~kept["notebook"].isin([s.output for s in steps])]
     outputs, times = [], []
-    (Path(results_dir) / "study_time.csv").unlink(missing_ok=True)  # this run's times only
-    for step in tqdm(STEPS, desc="study", unit="notebook", disable=None):
+    left = sum(measured.get(s.output, 0) for s in steps)
+    bar = tqdm(total=len(steps), desc="study", unit="notebook", disable=None)
+    for step in steps:
+        log.info("study: %s (about %.0f min of measured time left)", step.output, left / 60)
         start = time.perf_counter()
         outputs.append(execute(step, profile=profile, data=data, output_dir=output_dir, results_dir=results_dir,
-                               force=force, workers=workers))
-        times.append({"step": len(times) + 1, "notebook": step.output, "seconds": time.perf_counter() - start,
+                               force=force, workers=workers, executor=executor))
+        times.append({"step": STEPS.index(step) + 1, "notebook": step.output, "seconds": time.perf_counter() - start,
                       "profile": profile, "force": force, "workers": "auto" if workers is None else workers,
                       "finished": repro.now()})
+        left = max(0.0, left - measured.get(step.output, 0))
+        bar.update()
         # After every step, so that the last notebook (the benchmark appendix) sees the steps before it.
-        results.save_table(pd.DataFrame(times, columns=TIME_COLUMNS), "study_time.csv", results_dir)
-    prov = json.loads((Path(results_dir) / "provenance.json").read_text())
-    write_status(prov["synthetic"], output_dir)
-    if prov["synthetic"]:
-        print("!" * 78 + f"\n!! {results.SYNTHETIC_WARNING}\n" + "!" * 78, file=sys.stderr)
+        table = pd.concat([kept, pd.DataFrame(times, columns=TIME_COLUMNS)], ignore_index=True).sort_values("step")
+        results.save_table(table[TIME_COLUMNS], "study_time.csv", results_dir)
+    bar.close()
+    provenance_file = Path(results_dir) / "provenance.json"
+    if provenance_file.is_file():
+        prov = json.loads(provenance_file.read_text())
+        write_status(prov["synthetic"], output_dir)
+        if prov["synthetic"]:
+            print("!" * 78 + f"\n!! {results.SYNTHETIC_WARNING}\n" + "!" * 78, file=sys.stderr)
     return outputs
 
 
@@ -161,14 +251,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=None, help="folder for result tables (default: <output>/results)")
     parser.add_argument("--force", action="store_true", help="re-run stages even when complete")
     parser.add_argument("--workers", type=int, default=None,
-                        help="runs trained side by side (default: one per CPU core, 4 on a GPU)")
+                        help="runs trained side by side (default: chosen from the number of runs and the device)")
+    parser.add_argument("--executor", default="local", choices=["local", "ray"],
+                        help="where runs train: local processes (default) or a Ray cluster ($RAY_ADDRESS)")
+    parser.add_argument("--chapters", default=None,
+                        help="'core' (default: data, stage 1, the paper's setting, cross-validation, results), 'all', "
+                             "or step names, e.g. 'gan pruning'")
+    parser.add_argument("--plan", action="store_true", help="print what would be executed and stop")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()
+    results_dir = args.results or os.path.join(args.output, "results")
+    if args.plan:
+        print(plan_text(select(args.chapters, output_dir=args.output), profile=args.profile, results_dir=results_dir))
+        return 0
     try:
-        run(args.profile, data=args.data, output_dir=args.output,
-            results_dir=args.results or os.path.join(args.output, "results"), force=args.force, workers=args.workers)
-    except NotebookFailed as error:
+        run(args.profile, data=args.data, output_dir=args.output, results_dir=results_dir, force=args.force,
+            workers=args.workers, executor=args.executor, chapters=args.chapters)
+    except (NotebookFailed, ValueError) as error:
         print(f"study stopped: {error}", file=sys.stderr)
         return 1
     log.info("study (%s profile) done in %.1f min", args.profile, (time.perf_counter() - start) / 60)

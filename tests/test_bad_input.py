@@ -12,7 +12,8 @@ from PIL import Image
 from mstl_utils.core import config
 from mstl_utils import data
 from mstl_utils.data import images, synthetic
-from mstl_utils.engine import stages
+from mstl_utils.engine import lifecycle
+from mstl_utils.engine.spec import RunSpec
 from mstl_utils.data import DataFormatError, DataNotFoundError
 
 
@@ -202,12 +203,13 @@ def test_a_failed_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
     victim.write_bytes(victim.read_bytes()[:200])
     monkeypatch.setenv("MSTL_DATA_DIR", str(head_ct.parent))
     profile = config.get_profile("smoke", data="real")
+    spec = RunSpec(name="stage2_scratch", stage="stage2", profile=profile, init="scratch")
     with pytest.raises(DataFormatError, match="003.png"):
-        stages.run_stage("stage2_scratch", profile, stage="stage2", init_from="scratch")
-    run_dir = stages.run_dir_for(profile, "stage2_scratch", 0)
+        lifecycle.run(spec)
+    run_dir = lifecycle.run_dir(spec)
     assert not (run_dir / "metrics.json").exists()
     with pytest.raises(FileNotFoundError, match="not a complete run"):
-        stages.load_result(run_dir)
+        lifecycle.load(run_dir)
 
 
 # ----------------------------------------------------------------- manifests

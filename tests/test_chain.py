@@ -73,26 +73,32 @@ def _first_weight(state_dict):
 
 
 def test_a_chain_trains_its_links_in_order_and_every_fold_from_the_last(profile):
-    found = chain_mod.run_chain(profile, CHAIN, workers=1)
+    plan = chain_mod.get_plan("smoke", chain=" -> ".join(CHAIN))
+    found = chain_mod.run(profile, plan, workers=1)
     first, second = found.links[0]
-    assert (first.name, first.config["init_from"]) == ("chain_imagenet-chest_xray3", "imagenet")
-    assert (second.name, second.config["init_from"]) == ("chain_imagenet-chest_xray3-chest_xray", first.name)
+    assert (first.name, first.provenance["init_from"]) == ("chain_imagenet-chest_xray3", "imagenet")
+    assert (second.name, second.provenance["init_from"]) == ("chain_imagenet-chest_xray3-chest_xray", first.name)
     assert len([c for c in first.predictions.columns if c.startswith("prob_")]) == 3
     assert {"auc_macro", "recall_viral"} <= set(first.metrics)
     # Link 2 starts from link 1's weights (a new 2-class head), and every fold from link 2's.
-    model, weights = stages.initial_model(profile, init_from=first.name, num_classes=2, seed=0)
+    first_spec, second_spec = chain_mod.link_specs(profile, CHAIN, seed=0)
+    assert second_spec.init == first_spec
+    model, weights = stages.initial_model(second_spec, num_classes=2)
     saved = train.load_checkpoint(first.run_dir / "checkpoint.pt")["state_dict"]
     assert torch.equal(_first_weight(model.state_dict()), _first_weight(saved))
-    assert "chain began with random (ImageNet unavailable)" in second.metrics["provenance"]["weights"]["note"]
-    folds, _ = protocol.head_ct_folds(profile)
+    assert "chain began with random (ImageNet unavailable)" in second.provenance["weights"]["note"]
     assert len(found.folds) == profile.cv_folds * profile.cv_repeats
     for run in found.folds:
-        assert run.config["init_from"] == second.name and run.config["name"] == f"cv_{found.arm}"
-    table = chain_mod.link_table(found)
+        assert run.provenance["init_from"] == second.name and run.config["name"] == f"cv_{found.arm}"
+    tables = chain_mod.tables(found)
+    table = tables["chain_links.csv"]
     assert list(table.columns) == chain_mod.LINK_COLUMNS and table["num_classes"].tolist() == [3, 2]
+    assert set(tables["chain_tests.csv"]["arm_a"]) == {found.arm}
+    assert chain_mod.verdict(found, tables).startswith(f"**{found.arm} against multistage**")
+    assert chain_mod.glue_values(found, tables)["chain_n_folds"] == len(found.folds)
     fold_rows = protocol.fold_table(found.folds)
     assert set(fold_rows["arm"]) == {found.arm}
     # A second call reuses every run.
-    again = chain_mod.run_chain(profile, CHAIN, workers=1)
+    again = chain_mod.run(profile, plan, workers=1)
     pd.testing.assert_frame_equal(protocol.fold_table(again.folds), fold_rows)
     assert again.links[0][1].metrics["provenance"]["finished"] == second.metrics["provenance"]["finished"]

@@ -1,4 +1,5 @@
-"""The training engine: resuming a killed run, the decoded-image cache, batches and side-by-side runs."""
+"""The training engine: run specs and their folders, the lifecycle (resume, reuse, saved state), executors,
+run locks, the decoded-image cache and batches."""
 
 import json
 import os
@@ -12,11 +13,12 @@ import pandas as pd
 import pytest
 import torch
 
-from mstl_utils.data import batches, decoded
-from mstl_utils.core import config
 from mstl_utils import data
-from mstl_utils.data import datasets
-from mstl_utils.engine import stages, train
+from mstl_utils.core import config, repro
+from mstl_utils.data import batches, datasets, decoded
+from mstl_utils.engine import executors, lifecycle, locks, train
+from mstl_utils.engine.spec import RunSpec
+from mstl_utils.experiments import protocol
 
 # The smoke profile with more epochs, so that a run can be killed in the middle.
 EPOCHS = 6
@@ -27,13 +29,19 @@ KILL_AFTER = 3  # the child dies right after training epoch 3, before that epoch
 def profile(synthetic_root, monkeypatch):
     monkeypatch.setenv("MSTL_DATA_DIR", str(synthetic_root))
     monkeypatch.delenv("MSTL_WEIGHTS_DIR", raising=False)
+    monkeypatch.setenv(lifecycle.ENV_STATE_EVERY, "0")  # a state after every epoch, so that kills are exact
     return config.get_profile("smoke", data="real").replace(stage2={"num_epochs": EPOCHS})
+
+
+def scratch_spec(profile, seed=0, **changes):
+    return RunSpec(name="stage2_scratch", stage="stage2", profile=profile, init="scratch", seed=seed, **changes)
 
 
 KILLED_CHILD = textwrap.dedent("""
     import logging, os, signal
     from mstl_utils.core import config
-    from mstl_utils.engine import stages
+    from mstl_utils.engine import lifecycle
+    from mstl_utils.engine.spec import RunSpec
 
     class KillAfter(logging.Handler):
         # SIGKILL: no cleanup, no atexit, no flushing -- as when a machine or a scheduler kills a job.
@@ -44,7 +52,7 @@ KILLED_CHILD = textwrap.dedent("""
     logging.getLogger("mstl_utils.engine.train").addHandler(KillAfter())
     logging.getLogger("mstl_utils.engine.train").setLevel(logging.INFO)
     profile = config.get_profile("smoke", data="real").replace(stage2={{"num_epochs": {epochs}}})
-    stages.run_stage("stage2_scratch", profile, stage="stage2", init_from="scratch", seed=0)
+    lifecycle.run(RunSpec(name="stage2_scratch", stage="stage2", profile=profile, init="scratch", seed=0))
 """)
 
 
@@ -54,18 +62,17 @@ def test_killed_run_resumes_and_ends_bit_for_bit_like_an_uninterrupted_one(profi
     child = subprocess.run([sys.executable, "-c", KILLED_CHILD.format(kill=KILL_AFTER, epochs=EPOCHS)], env=env,
                            capture_output=True, text=True, timeout=300)
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
-    run_dir = stages.run_dir_for(profile, "stage2_scratch", 0, killed_root)
+    spec = scratch_spec(profile)
+    run_dir = lifecycle.run_dir(spec, killed_root)
     assert not (run_dir / "metrics.json").exists()  # incomplete, so never used as a result
-    saved = train.load_checkpoint(run_dir / stages.RESUME_FILE)
+    saved = train.load_checkpoint(run_dir / lifecycle.STATE_FILE)
     assert saved["epoch"] == KILL_AFTER - 1  # epoch 3 was trained but its state was never written
 
-    resumed = stages.run_stage("stage2_scratch", profile, stage="stage2", init_from="scratch", seed=0,
-                               runs_root=killed_root)
-    straight = stages.run_stage("stage2_scratch", profile, stage="stage2", init_from="scratch", seed=0,
-                                runs_root=tmp_path / "straight")
-    assert resumed.metrics["provenance"]["resumed_after_epoch"] == KILL_AFTER - 1
-    assert straight.metrics["provenance"]["resumed_after_epoch"] is None
-    assert not (run_dir / stages.RESUME_FILE).exists()  # removed once the run is complete
+    resumed = lifecycle.run(spec, runs_root=killed_root)
+    straight = lifecycle.run(spec, runs_root=tmp_path / "straight")
+    assert resumed.provenance["resumed_after_epoch"] == KILL_AFTER - 1
+    assert straight.provenance["resumed_after_epoch"] is None
+    assert not (run_dir / lifecycle.STATE_FILE).exists()  # removed once the run is complete
     pd.testing.assert_frame_equal(resumed.history.drop(columns="seconds"), straight.history.drop(columns="seconds"))
     pd.testing.assert_frame_equal(resumed.predictions, straight.predictions)
     for key in ("accuracy", "auc", "sensitivity", "specificity"):
@@ -75,27 +82,212 @@ def test_killed_run_resumes_and_ends_bit_for_bit_like_an_uninterrupted_one(profi
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_state_of_other_settings_is_not_used(profile, tmp_path):
-    run = stages.run_stage("stage2_scratch", profile, stage="stage2", init_from="scratch")
-    state = train.load_checkpoint(run.run_dir / "checkpoint.pt")
+def test_resume_state_of_other_settings_is_not_used(profile):
+    spec = scratch_spec(profile)
+    run = lifecycle.run(spec)
     # A leftover epoch state written under other settings (here: another learning rate).
-    other = json.loads(json.dumps(state["config"]))
-    other["profile"]["stage2"]["lr"] = 0.5
+    other = json.loads(json.dumps(run.config))
+    other["config"]["lr"] = 0.5
     (run.run_dir / "metrics.json").unlink()
-    train.save_checkpoint(run.run_dir / stages.RESUME_FILE, {"requested": other, "epoch": 5})
-    again = stages.run_stage("stage2_scratch", profile, stage="stage2", init_from="scratch")
-    assert again.metrics["provenance"]["resumed_after_epoch"] is None
+    train.save_checkpoint(run.run_dir / lifecycle.STATE_FILE, {"requested": other, "epoch": 5})
+    again = lifecycle.run(spec)
+    assert again.provenance["resumed_after_epoch"] is None
     pd.testing.assert_frame_equal(again.predictions, run.predictions)
+
+
+def test_state_is_saved_only_when_due(profile, monkeypatch):
+    """Per-epoch state costs a checkpoint write (27 MB for MobileNetV2): only every $MSTL_STATE_EVERY seconds."""
+    short = profile.replace(stage2={"num_epochs": 2})
+    monkeypatch.setenv(lifecycle.ENV_STATE_EVERY, "3600")
+    assert lifecycle.run(scratch_spec(short, seed=1)).provenance["states_saved"] == 0
+    monkeypatch.setenv(lifecycle.ENV_STATE_EVERY, "0")
+    assert lifecycle.run(scratch_spec(short, seed=2)).provenance["states_saved"] == 2
+    monkeypatch.setenv(lifecycle.ENV_STATE_EVERY, "soon")
+    with pytest.raises(ValueError, match="MSTL_STATE_EVERY"):
+        lifecycle.state_every()
 
 
 def test_two_runs_with_the_same_seed_are_identical_in_deterministic_mode(profile):
     assert profile.deterministic
-    a = stages.run_stage("stage2_imagenet", profile, stage="stage2", init_from="imagenet", seed=3)
-    b = stages.run_stage("stage2_imagenet", profile, stage="stage2", init_from="imagenet", seed=3, force=True)
-    c = stages.run_stage("stage2_imagenet", profile, stage="stage2", init_from="imagenet", seed=4)
+    spec = RunSpec(name="stage2_imagenet", stage="stage2", profile=profile, init="imagenet", seed=3)
+    a = lifecycle.run(spec)
+    b = lifecycle.run(spec, force=True)
+    c = lifecycle.run(spec.replace(seed=4))
     assert a.metrics["accuracy"] == b.metrics["accuracy"] and a.metrics["auc"] == b.metrics["auc"]
     np.testing.assert_array_equal(a.predictions["prob_hemorrhage"], b.predictions["prob_hemorrhage"])
     assert not np.array_equal(a.predictions["prob_hemorrhage"], c.predictions["prob_hemorrhage"])
+
+
+def test_deterministic_mode_does_not_fill_new_memory_and_results_do_not_depend_on_it():
+    repro.seed_everything(0, deterministic=True)
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.utils.deterministic.fill_uninitialized_memory is False
+
+    def train_once(fill: bool):
+        repro.seed_everything(0, deterministic=True)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+        model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                    torch.nn.Flatten(), torch.nn.Linear(8 * 14 * 14, 2))
+        x = torch.randint(0, 256, (32, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+        loader = batches.TensorBatches(x, np.arange(32) % 2, batch_size=8)
+        history = train.fit(model, loader, None, num_epochs=2, lr=1e-2, device=torch.device("cpu"), progress=False)
+        return history.drop(columns="seconds"), model.state_dict()
+
+    try:
+        (h1, w1), (h2, w2) = train_once(True), train_once(False)
+    finally:
+        torch.utils.deterministic.fill_uninitialized_memory = False
+    pd.testing.assert_frame_equal(h1, h2)
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_predictions_are_fp32_whatever_the_training_precision():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    loader = batches.TensorBatches(torch.randint(0, 256, (10, 1, 8, 8), dtype=torch.uint8), np.zeros(10), batch_size=4)
+    probs, _ = train.predict(model, loader, device=torch.device("cpu"))
+    with torch.no_grad():
+        exact = torch.cat([torch.softmax(model(x), dim=1) for x, _ in loader]).numpy()
+    assert probs.dtype == np.float32 and np.array_equal(probs, exact)  # no bf16 rounding of the logits
+
+
+# --------------------------------------------------------------------------- specs and their folders
+
+
+def test_a_spec_names_its_folder_and_a_changed_setting_gets_another(profile):
+    spec = scratch_spec(profile)
+    assert spec.relpath.as_posix().startswith("smoke/stage2_scratch-") and spec.relpath.name == "seed0"
+    # Another learning rate of stage 2: another folder; a stage-1 change does not touch a stage-2 run.
+    assert scratch_spec(profile.replace(stage2={"lr": 0.01})).family != spec.family
+    assert scratch_spec(profile.replace(stage1={"lr": 0.01})).family == spec.family
+    # Device and precision are part of a run's identity: a CPU fp32 run is never reused by a bf16 study.
+    settings = spec.settings()
+    assert (settings["device"], settings["precision"]) == ("cpu", "fp32")
+    assert scratch_spec(profile.replace(precision="bf16")).family != spec.family
+    # Options appear in the identity only when used.
+    assert "strategy" not in settings and "in_chans" not in settings
+    assert scratch_spec(profile, in_chans=3).family != spec.family
+    with pytest.raises(ValueError, match="balance"):
+        scratch_spec(profile, balance="smote")
+    with pytest.raises(ValueError, match="init"):
+        RunSpec(name="stage2_x", stage="stage2", profile=profile, init="stage1")
+
+
+def test_a_chained_run_names_its_upstream_and_is_trained_after_it(profile):
+    folds, _ = protocol.head_ct_folds(profile)
+    split = protocol.splits(folds)[0]
+    fold = protocol.fold_spec(profile.replace(stage2={"num_epochs": 1}), "multistage", split)
+    bridge = fold.init
+    assert isinstance(bridge, RunSpec) and fold.upstream() == (bridge,)
+    assert not lifecycle.is_complete(bridge)
+    with pytest.raises(FileNotFoundError, match="starts from run .*stage1"):
+        lifecycle.run(fold)  # alone, the lifecycle refuses: the executor orders runs
+    [result] = executors.run_specs([fold], workers=1)
+    assert lifecycle.is_complete(bridge) and result.config["init_run"] == bridge.relpath.as_posix()
+    assert result.config["inputs"]["init_sha256"] == repro.sha256_file(lifecycle.run_dir(bridge) / "checkpoint.pt")
+    # Repeat 1 of a profile with one seed starts from the bridge of seed 0: its folder says so.
+    later = protocol.fold_spec(profile, "multistage", protocol.splits(folds)[-1]).replace(
+        split=protocol.splits(folds)[-1].__class__(1, 0, split.test_ids), seed=1)
+    assert later.leaf == "repeat01_fold0_from-seed0"
+
+
+# --------------------------------------------------------------------------- executors
+
+
+def test_runs_side_by_side_give_complete_runs_in_job_order(profile, monkeypatch):
+    specs = [scratch_spec(profile.replace(stage2={"num_epochs": 1}), seed=seed) for seed in (0, 1, 2)]
+    results = executors.run_specs(specs, workers=2)
+    assert [r.config["seed"] for r in results] == [0, 1, 2]
+    assert all(r.provenance["num_threads"] >= 1 for r in results)
+    stamps = [(r.run_dir / "metrics.json").stat().st_mtime_ns for r in results]
+    # Complete runs are reused, whatever the number of workers, without starting a worker process.
+    assert all(lifecycle.is_complete(s) for s in specs)
+    again = executors.run_specs(specs, workers=1)
+    assert [(r.run_dir / "metrics.json").stat().st_mtime_ns for r in again] == stamps
+
+    def no_processes(*args, **kwargs):
+        raise AssertionError("a worker process was started for complete runs")
+
+    monkeypatch.setattr(executors.multiprocessing, "get_context", no_processes)
+    assert [r.config["seed"] for r in executors.run_specs(specs, workers=2)] == [0, 1, 2]
+    # One run made incomplete: only it trains again.
+    (results[1].run_dir / "metrics.json").unlink()
+    assert not lifecycle.is_complete(specs[1])
+    redone = executors.run_specs(specs, workers=1)
+    assert [(r.run_dir / "metrics.json").stat().st_mtime_ns == s for r, s in zip(redone, stamps)] == [True, False, True]
+
+
+def test_a_failing_run_among_several_names_its_run(profile):
+    broken = profile.replace(stage2={"dataset": "no_such_dataset", "num_epochs": 1})
+    specs = [scratch_spec(broken, seed=seed) for seed in (0, 1)]
+    with pytest.raises(RuntimeError, match=r"run smoke/stage2_scratch/seed\d failed: .*no_such_dataset"):
+        executors.run_specs(specs, workers=2)
+    with pytest.raises(ValueError, match="executor"):
+        executors.get_executor("slurm")
+
+
+def test_side_by_side_only_for_many_runs_on_a_cpu_and_for_two_or_more_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert executors.default_workers(3, "cpu") == 1  # 3 seeds: a third round on one thread would cost more
+    assert executors.default_workers(60, "cpu") == 2  # 60 folds: one run per core
+    assert executors.default_workers(6, "cuda") == 4  # the six bridges of a study share the GPU
+    assert executors.default_workers(2, "cuda") == 2 and executors.default_workers(1, "cuda") == 1
+
+
+# --------------------------------------------------------------------------- sharing a runs folder
+
+STUDY_CHILD = textwrap.dedent("""
+    import logging, sys
+    from mstl_utils.core import config
+    from mstl_utils.engine import executors
+    from mstl_utils.engine.spec import RunSpec
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    profile = config.get_profile("smoke", data="real").replace(stage2={"num_epochs": 2})
+    seeds = [0, 1, 2, 3]
+    specs = [RunSpec(name="stage2_scratch", stage="stage2", profile=profile, init="scratch", seed=s) for s in seeds]
+    executors.run_specs(specs[::-1] if sys.argv[1] == "reversed" else specs, workers=1)
+""")
+
+
+def test_two_studies_on_one_runs_folder_train_each_run_exactly_once(profile, tmp_path):
+    env = {**os.environ, "MSTL_RUNS_DIR": str(tmp_path / "shared"), "PYTHONPATH": os.pathsep.join(sys.path)}
+    children = [subprocess.Popen([sys.executable, "-c", STUDY_CHILD, order], env=env, stderr=subprocess.PIPE,
+                                 stdout=subprocess.DEVNULL, text=True) for order in ("forward", "reversed")]
+    logs = [child.communicate(timeout=600)[1] for child in children]
+    assert all(child.returncode == 0 for child in children), logs
+    trained = [line.split(":")[0] for text in logs for line in text.splitlines() if line.endswith(" s") and ": trained in" in line]
+    assert sorted(trained) == sorted(f"smoke/stage2_scratch/seed{s}" for s in range(4)), logs
+
+
+LOCK_HOLDER = textwrap.dedent("""
+    import sys, time
+    from mstl_utils.engine import locks
+    with locks.RunLock(sys.argv[1]):
+        print("held", flush=True)
+        time.sleep(60)
+""")
+
+
+def test_a_busy_run_is_named_and_a_dead_holder_is_taken_over(tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(run_dir)], env=env, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(locks.RunBusy, match=rf"still being trained by process {holder.pid} on "):
+            locks.RunLock(run_dir, label="smoke/x/seed0", timeout=0.5, poll=0.1).acquire()
+        holder.kill()  # SIGKILL: no release, the file still names the dead holder
+        holder.wait()
+        assert locks.holder(run_dir)["pid"] == holder.pid
+        with caplog.at_level("INFO", logger="mstl_utils.engine.locks"):
+            with locks.RunLock(run_dir, label="smoke/x/seed0", timeout=5):
+                assert locks.holder(run_dir)["pid"] == os.getpid()
+        assert f"taking over from process {holder.pid}" in caplog.text
+        assert locks.holder(run_dir) == {}  # released
+    finally:
+        holder.kill()
 
 
 # --------------------------------------------------------------------------- decoded-image cache
@@ -191,7 +383,7 @@ def test_batches_refuse_float_images_and_unseeded_shuffling():
         batches.TensorBatches(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), [0, 1, 0, 1], batch_size=2, shuffle=True)
 
 
-# --------------------------------------------------------------------------- precision, side-by-side runs
+# --------------------------------------------------------------------------- precision
 
 
 def test_precision_auto_is_fp32_on_cpu_and_bf16_trains_on_cpu():
@@ -207,43 +399,6 @@ def test_precision_auto_is_fp32_on_cpu_and_bf16_trains_on_cpu():
     model(torch.zeros(1, 1, 8, 8))
     history = train.fit(model, loader, None, num_epochs=2, lr=1e-2, device=cpu, precision="bf16")
     assert np.isfinite(history["train_loss"]).all()
-
-
-def test_runs_side_by_side_give_complete_runs_in_job_order(profile, monkeypatch):
-    jobs = [dict(name="stage2_scratch", profile=profile.replace(stage2={"num_epochs": 1}), stage="stage2",
-                 init_from="scratch", seed=seed) for seed in (0, 1, 2)]
-    results = stages.run_stages(jobs, workers=2)
-    assert [r.config["seed"] for r in results] == [0, 1, 2]
-    assert all(r.metrics["provenance"]["num_threads"] >= 1 for r in results)
-    stamps = [(r.run_dir / "metrics.json").stat().st_mtime_ns for r in results]
-    # Complete runs are reused, whatever the number of workers, without starting a worker process.
-    assert all(stages.is_complete(**job) for job in jobs)
-    again = stages.run_stages(jobs, workers=1)
-    assert [(r.run_dir / "metrics.json").stat().st_mtime_ns for r in again] == stamps
-
-    def no_processes(*args, **kwargs):
-        raise AssertionError("a worker process was started for complete runs")
-
-    monkeypatch.setattr(stages.multiprocessing, "get_context", no_processes)
-    assert [r.config["seed"] for r in stages.run_stages(jobs, workers=2)] == [0, 1, 2]
-    # One run made incomplete: only it trains again.
-    (results[1].run_dir / "metrics.json").unlink()
-    assert not stages.is_complete(**jobs[1])
-    redone = stages.run_stages(jobs)
-    assert [(r.run_dir / "metrics.json").stat().st_mtime_ns == s for r, s in zip(redone, stamps)] == [True, False, True]
-
-
-def test_a_failing_run_among_several_names_its_run(profile):
-    jobs = [dict(name="stage2_multistage", profile=profile, stage="stage2", init_from="stage1", seed=seed)
-            for seed in (0, 1)]
-    with pytest.raises(RuntimeError, match=r"stage2_multistage/seed\d.*checkpoint not found"):
-        stages.run_stages(jobs, workers=2)
-
-
-def test_side_by_side_only_for_many_runs(monkeypatch):
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    assert stages.default_workers(3, "cpu") == 1  # 3 seeds: a third round on one thread would cost more
-    assert stages.default_workers(60, "cpu") == 2  # 60 folds: one run per core
 
 
 def test_augmenting_a_whole_pass_at_once_draws_what_batch_by_batch_would():

@@ -12,12 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from mstl_utils.core import config
 from mstl_utils import data, models
+from mstl_utils.core import config
 from mstl_utils.data import decoded
-from mstl_utils.experiments import explain
+from mstl_utils.engine import executors, lifecycle, train
+from mstl_utils.engine.spec import RunSpec
+from mstl_utils.experiments import explain, protocol
 from mstl_utils.report import plots
-from mstl_utils.engine import stages, train
 
 
 @pytest.fixture
@@ -88,10 +89,10 @@ def _fake_run(root, fold, test_ids, marker):
                   "prob_normal": [1 - p for p in probs], "prob_hemorrhage": probs,
                   "pred": [int(p >= 0.5) for p in probs]}).to_csv(run_dir / "predictions.csv", index=False)
     (run_dir / "config.json").write_text(json.dumps(
-        {"name": "cv_imagenet", "split": {"repeat": 0, "fold": fold, "test_ids": list(test_ids)}}))
+        {"name": "cv_imagenet", "seed": 0, "split": {"repeat": 0, "fold": fold, "test_ids": list(test_ids)}}))
     (run_dir / "metrics.json").write_text("{}")
     (run_dir / "history.csv").write_text("epoch\n1\n")
-    return stages.load_result(run_dir)
+    return lifecycle.load(run_dir)
 
 
 def _marker_cams(model, images, *, target_class, model_name="mobilenet_v2", batch_size=32):
@@ -226,16 +227,18 @@ def test_colour_model_takes_three_channels_with_the_same_weights():
     assert models.load_from_checkpoint(checkpoint, num_classes=2, stage="x")[0].in_chans == 1
 
 
+@pytest.mark.slow
 def test_colour_run_is_recorded_and_never_taken_for_a_grey_one(synthetic_root, monkeypatch):
     monkeypatch.setenv("MSTL_DATA_DIR", str(synthetic_root))
     monkeypatch.delenv("MSTL_WEIGHTS_DIR", raising=False)
     profile = config.get_profile("smoke", data="real").replace(stage2={"num_epochs": 1})
-    run = stages.run_stage("colour", profile, stage="stage2", init_from="scratch", in_chans=3)
+    colour_spec = RunSpec(name="colour", stage="stage2", profile=profile, init="scratch", in_chans=3)
+    run = lifecycle.run(colour_spec)
     assert run.config["in_chans"] == 3
     assert train.load_checkpoint(run.run_dir / "checkpoint.pt")["in_chans"] == 3
-    assert stages.is_complete("colour", profile, stage="stage2", init_from="scratch", in_chans=3)
-    assert not stages.is_complete("colour", profile, stage="stage2", init_from="scratch")
-    grey = stages.run_stage("grey", profile, stage="stage2", init_from="scratch")
+    assert lifecycle.is_complete(colour_spec)
+    assert not lifecycle.is_complete(colour_spec.replace(in_chans=1))
+    grey = lifecycle.run(colour_spec.replace(name="grey", in_chans=1))
     assert "in_chans" not in grey.config  # grey runs' settings are what they always were
     assert "in_chans" not in train.load_checkpoint(grey.run_dir / "checkpoint.pt")
 
@@ -282,3 +285,89 @@ def test_no_coloured_files_give_empty_measures_not_errors():
     assert explain.head_regions(empty["grey"])["interior"].shape == (0, 16, 16)
     assert explain.colour_shares(empty).empty
     assert explain.map_agreement(empty)["n"].tolist() == [0, 0]
+
+
+# --------------------------------------------------------------------------- the chapter
+
+
+def test_plan_of_each_profile_and_its_changes():
+    assert set(explain.PLANS) == {"smoke", "quick", "paper"}
+    plan = explain.get_plan("quick", repeats=[1, 2], arms="imagenet", n_examples=None)
+    assert (plan.repeats, plan.arms, plan.n_examples, plan.colour) == ((1, 2), ("imagenet",), 4, 1)
+    assert explain.get_plan("quick", repeats=2, colour_repeat=0).colour == 0
+    with pytest.raises(ValueError, match="no explanations plan for profile 'nope'"):
+        explain.get_plan("nope")
+    with pytest.raises(ValueError, match="expected some of"):
+        explain.get_plan("quick", arms=["imagenet", "bogus"])
+    with pytest.raises(ValueError, match="at least one protocol repeat"):
+        explain.get_plan("quick", repeats=[])
+
+
+def _folds(n_repeats=2, n_folds=3, n_images=12):
+    ids = [f"{i:03d}" for i in range(n_images)]
+    return pd.DataFrame([{"repeat": r, "fold": (i + r) % n_folds, "image_id": image_id, "label": i % 2}
+                         for r in range(n_repeats) for i, image_id in enumerate(ids)])
+
+
+def test_colour_specs_are_the_imagenet_folds_of_one_repeat_in_rgb(monkeypatch):
+    profile = config.get_profile("smoke")
+    folds = _folds()
+    specs = explain.colour_specs(profile, folds, repeat=1)
+    grey = [r.spec for r in protocol.plan(profile, folds, arms=("imagenet",)) if r.split.repeat == 1]
+    assert len(specs) == 3 and all(s.name == explain.COLOUR_RUN and s.in_chans == 3 for s in specs)
+    for colour, same in zip(specs, grey):  # the same folds, seed, start and settings; only the input differs
+        assert (colour.split, colour.seed, colour.init, colour.stage) == (same.split, same.seed, same.init, same.stage)
+        assert colour.replace(name=same.name, in_chans=1) == same and colour.relpath != same.relpath
+    with pytest.raises(ValueError, match="repeat 5 is not in the folds"):
+        explain.colour_specs(profile, folds, repeat=5)
+    asked = {}
+    monkeypatch.setattr(executors, "run_specs", lambda specs, **options: asked.update(specs=specs, **options) or [])
+    explain.run_colour_folds(profile, repeat=1, folds=folds, executor="ray", workers=2, force=True)
+    assert asked["specs"] == specs and (asked["executor"], asked["workers"], asked["force"]) == ("ray", 2, True)
+
+
+def test_cam_figure_adds_a_colour_bar_only_over_maps():
+    grey = np.zeros((1, 16, 16), np.uint8)
+    with_maps = explain.cam_figure({"images": [grey, grey], "cams": [np.ones((16, 16)), None], "titles": ["a", "b"],
+                                    "ncols": 2}, title="t")
+    assert len(with_maps.axes) == 3 and with_maps.axes[-1].get_ylabel() == explain.CAM_SCALE_LABEL
+    without = explain.cam_figure({"images": [grey], "cams": [None], "titles": ["a"], "ncols": 1}, title="t")
+    assert len(without.axes) == 1
+    assert len(explain.cam_figure({"images": [grey], "cams": [np.ones((16, 16))], "titles": ["a"], "ncols": 1},
+                                  title="t", colour_bar=False).axes) == 1
+
+
+@pytest.mark.slow
+def test_the_chapter_runs_end_to_end_on_synthetic_data(synthetic_root, monkeypatch):
+    monkeypatch.setenv("MSTL_DATA_DIR", str(synthetic_root))
+    monkeypatch.delenv("MSTL_WEIGHTS_DIR", raising=False)
+    # 64 px: a 2 x 2 map (at the smoke profile's 32 px the layer is 1 x 1 and every scaled map is empty)
+    profile = config.get_profile("smoke", data="real").replace(image_size=64, stage2={"num_epochs": 1})
+    plan = explain.get_plan("smoke", arms=["imagenet"], n_examples=1, n_colour=2)
+    found = explain.run(profile, plan, workers=1)
+    assert {r.name for r in found.fold_runs} == {"cv_imagenet"} and len(found.fold_runs) == profile.cv_folds
+    assert [r.spec.in_chans for r in found.colour_runs] == [3] * profile.cv_folds
+    assert len(found.runs()) == 2 * profile.cv_folds + 1  # grey folds (shared), colour folds, the bridge
+    tables = explain.tables(found)
+    assert list(tables) == ["gradcam_summary.csv", "gradcam_colour.csv", "gradcam_colour_maps.csv"]
+    assert list(tables["gradcam_summary.csv"].columns) == explain.SUMMARY_COLUMNS
+    assert set(tables["gradcam_summary.csv"]["dataset"]) == {"head_ct", "chest_xray"}
+    assert list(tables["gradcam_colour.csv"].columns) == explain.COLOUR_COLUMNS
+    assert list(tables["gradcam_colour_maps.csv"].columns) == ["map", "region", "n", "mass_share", "area_share",
+                                                               "ratio"]
+    values = explain.glue_values(found, tables)
+    assert {"repeat", "cam_side", "n_head", "interior_imagenet", "interior_scratch", "regions_verdict",
+            "chest_verdict", "colour_verdict", "agree_own", "agree_models", "n_colour_images"} <= set(values)
+    assert values["n_head"] == 30 and values["n_colour_images"] == 30 and values["cam_side"] == 2
+    assert np.isnan(values["interior_scratch"])  # an arm not explained
+    head = tables["gradcam_summary.csv"].query("dataset == 'head_ct' and outcome == 'all' and region == 'interior'")
+    assert head["arm"].tolist() == ["imagenet"] and head["n"].tolist() == [30]  # every image once, out of fold
+    assert np.isnan(values["interior_imagenet"]) or 0 <= values["interior_imagenet"] <= 1  # NaN: every map empty
+    text = explain.verdict(found, tables)
+    assert text.startswith("- Head CT:") and "imagenet" in text and "cannot be shown" in text
+    figures = {"regions": explain.region_figure(found), **explain.arm_figures(found),
+               "chest": explain.chest_figure(found), "colour": explain.colour_figure(found)}
+    assert set(figures) == {"regions", "imagenet", "chest", "colour"}
+    assert figures["imagenet"].axes[-1].get_ylabel() == explain.CAM_SCALE_LABEL
+    titles = [ax.get_title() for fig in figures.values() for ax in fig.axes]
+    assert not any("/" in t or ".png" in t or ".jpeg" in t for t in titles)  # images named by id, never by path

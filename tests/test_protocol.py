@@ -9,7 +9,7 @@ from mstl_utils.report import analysis, statistics as st
 from mstl_utils.core import config
 from mstl_utils.data import folds as folds_mod
 from mstl_utils.experiments import protocol
-from mstl_utils.engine import stages, train
+from mstl_utils.engine import executors, lifecycle, stages, train
 
 
 @pytest.fixture
@@ -37,22 +37,25 @@ def test_plan_pairs_every_arm_on_every_fold_with_shared_seeds(profile):
         assert run.seed == run.split.repeat and run.init_seed == profile.seeds[run.split.repeat % 2]
         _, expected = folds_mod.split_of(folds, repeat=run.split.repeat, fold=run.split.fold)
         assert run.split.test_ids == tuple(expected)
-    assert protocol.bridges(runs) == [("stage1", 0), ("stage1", 1), ("stage1_scratch", 0), ("stage1_scratch", 1)]
+    assert sorted((b.name, b.seed) for b in protocol.bridges(runs)) == [
+        ("stage1", 0), ("stage1", 1), ("stage1_scratch", 0), ("stage1_scratch", 1)]
     with pytest.raises(ValueError, match="unknown arm"):
         protocol.plan(profile, folds, arms=("imagenet", "bridge"))
 
 
 def test_chained_arms_start_from_their_bridge_checkpoint(profile):
-    bridge = {name: stages.run_stage(name, profile, stage="stage1", init_from=init, seed=1)
+    bridge = {name: lifecycle.run(protocol.bridge_spec(profile, init=init, seed=1))
               for name, init in config.STAGE1_INIT.items()}
     saved = {name: _first_weight(train.load_checkpoint(r.run_dir / "checkpoint.pt")["state_dict"])
              for name, r in bridge.items()}
+    folds, _ = protocol.head_ct_folds(profile)
+    split = [s for s in protocol.splits(folds) if s.repeat == 1][0]
     for arm in ("multistage", "bridge_only"):
-        init_from = config.ARM_INIT[arm]
-        model, weights = stages.initial_model(profile, init_from=init_from, num_classes=2, seed=1)
-        assert torch.equal(_first_weight(model.state_dict()), saved[init_from]), arm
-        assert weights.source == init_from and weights.file == f"{init_from}/seed1/checkpoint.pt"
-    scratch, _ = stages.initial_model(profile, init_from="scratch", num_classes=2, seed=1)
+        spec = protocol.fold_spec(profile, arm, split)
+        model, weights = stages.initial_model(spec, num_classes=2)
+        assert torch.equal(_first_weight(model.state_dict()), saved[spec.init.name]), arm
+        assert weights.source == spec.init.name and weights.file == f"{spec.init.name}/seed1/checkpoint.pt"
+    scratch, _ = stages.initial_model(protocol.fold_spec(profile, "scratch", split), num_classes=2)
     assert not torch.equal(_first_weight(scratch.state_dict()), saved["stage1"])
 
 
@@ -68,8 +71,8 @@ def test_protocol_writes_paired_contract_tables(profile):
         split = result.config["split"]
         _, expected = folds_mod.split_of(folds, repeat=split["repeat"], fold=split["fold"])
         assert sorted(result.predictions["image_id"]) == sorted(expected)
-        if result.config["init_from"] == "stage1":
-            assert result.metrics["provenance"]["weights"]["file"] == f"stage1/seed{split['repeat']}/checkpoint.pt"
+        if result.provenance["init_from"] == "stage1":
+            assert result.provenance["weights"]["file"] == f"stage1/seed{split['repeat']}/checkpoint.pt"
     oof = protocol.oof_table(results)
     assert list(oof.columns) == protocol.OOF_COLUMNS
     per = oof.groupby(["arm", "repeat"])["image_id"]
@@ -149,7 +152,7 @@ def test_verdict_is_written_from_the_numbers(fold_results):
 def test_force_reruns_the_folds_but_reuses_complete_bridges(profile):
     profile = profile.replace(cv_repeats=1)
     first = protocol.run_protocol(profile, arms=("multistage",))
-    bridge = stages.run_dir_for(profile, "stage1", 0) / "metrics.json"
+    bridge = lifecycle.run_dir(protocol.bridge_spec(profile, seed=0)) / "metrics.json"
     stamps = bridge.stat().st_mtime_ns, (first[0].run_dir / "metrics.json").stat().st_mtime_ns
     again = protocol.run_protocol(profile, arms=("multistage",), force=True)
     assert bridge.stat().st_mtime_ns == stamps[0]

@@ -1,12 +1,15 @@
-import json
+"""One stage run through the lifecycle: provenance, reuse, chained starts, a clear error when a start is missing."""
 
-import numpy as np
+import shutil
+
 import pandas as pd
 import pytest
 import torch
 
 from mstl_utils.core import config
-from mstl_utils.engine import stages, train
+from mstl_utils.engine import lifecycle, stages, train
+from mstl_utils.engine.spec import RunSpec
+from mstl_utils.experiments import protocol
 
 
 @pytest.fixture
@@ -17,40 +20,47 @@ def profile(synthetic_root, monkeypatch):
 
 
 def test_stage1_then_multistage_chain(profile):
-    first = stages.run_stage("stage1", profile, stage="stage1", init_from="imagenet")
+    first = lifecycle.run(protocol.bridge_spec(profile))
     assert list(first.history.columns) == ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"]
     assert len(first.history) == profile.stage1.num_epochs
-    prov = first.metrics["provenance"]
+    prov = first.provenance
     assert prov["data"]["kind"] == "real" and len(prov["data"]["sha256"]) == 64
     assert prov["weights"]["source"] == "random (ImageNet unavailable)"  # labelled, never silent
     assert {"commit", "dirty"} <= set(prov["code"]) and prov["hardware"]["torch"] == torch.__version__
+    assert prov["run"] == protocol.bridge_spec(profile).relpath.as_posix()
 
-    chained = stages.run_stage("stage2_multistage", profile, stage="stage2", init_from="stage1")
-    weights = chained.metrics["provenance"]["weights"]
+    chained = stages.run_stage(protocol.paper_split_spec(profile, "multistage", seed=0))
+    weights = chained.provenance["weights"]
     assert weights["init"] == "checkpoint" and weights["source"] == "stage1" and len(weights["sha256"]) == 64
     assert chained.predictions["file"].str.startswith("head_ct/").all()
     assert 0.0 <= chained.metrics["accuracy"] <= 1.0 and chained.metrics["n"] == len(chained.predictions)
 
 
-def test_complete_run_is_reused_and_changed_settings_rerun(profile):
-    first = stages.run_stage("stage2_imagenet", profile, stage="stage2", init_from="scratch")
+def test_complete_run_is_reused_and_changed_settings_rerun_in_their_own_folder(profile):
+    spec = RunSpec(name="stage2_scratch", stage="stage2", profile=profile, init="scratch")
+    first = lifecycle.run(spec)
     stamp = (first.run_dir / "metrics.json").stat().st_mtime_ns
-    again = stages.run_stage("stage2_imagenet", profile, stage="stage2", init_from="scratch")
+    again = lifecycle.run(spec)
     assert (again.run_dir / "metrics.json").stat().st_mtime_ns == stamp
-    changed = stages.run_stage("stage2_imagenet", profile.replace(stage2={"num_epochs": 1}), stage="stage2", init_from="scratch")
-    assert len(changed.history) == 1
+    changed = lifecycle.run(spec.replace(profile=profile.replace(stage2={"num_epochs": 1})))
+    assert len(changed.history) == 1 and changed.run_dir != first.run_dir
+    assert (first.run_dir / "metrics.json").stat().st_mtime_ns == stamp  # the default run untouched
 
 
 def test_same_seed_same_result(profile):
-    a = stages.run_stage("stage2_scratch", profile, stage="stage2", init_from="scratch")
-    b = stages.run_stage("stage2_scratch", profile, stage="stage2", init_from="scratch", force=True)
+    spec = RunSpec(name="stage2_scratch", stage="stage2", profile=profile, init="scratch")
+    a = lifecycle.run(spec)
+    b = lifecycle.run(spec, force=True)
     pd.testing.assert_frame_equal(a.predictions, b.predictions)
     pd.testing.assert_frame_equal(a.history.drop(columns="seconds"), b.history.drop(columns="seconds"))
 
 
-def test_multistage_without_stage1_is_a_clear_error(profile):
-    with pytest.raises(FileNotFoundError, match="checkpoint not found; run the stage that writes it first"):
-        stages.run_stage("stage2_multistage", profile, stage="stage2", init_from="stage1")
+def test_a_run_whose_start_is_missing_is_a_clear_error(profile, tmp_path):
+    spec = protocol.paper_split_spec(profile, "multistage", seed=0)
+    with pytest.raises(FileNotFoundError, match=r"starts from run smoke/stage1/seed0, which is missing"):
+        lifecycle.run(spec)
+    with pytest.raises(FileNotFoundError, match=r"run smoke/stage1/seed0 .* is missing or incomplete"):
+        lifecycle.load_spec(spec.init)
 
 
 def test_training_lowers_the_loss_on_a_learnable_task():
@@ -77,17 +87,15 @@ def test_atomic_write_leaves_nothing_half_written(tmp_path):
 
 
 def test_chained_run_reruns_when_its_starting_checkpoint_changes(profile):
-    import shutil
-
-    for seed in (0, 1):
-        stages.run_stage("stage1", profile, stage="stage1", init_from="imagenet", seed=seed)
-    first = stages.run_stage("stage2_multistage", profile, stage="stage2", init_from="stage1")
+    bridges = [lifecycle.run(protocol.bridge_spec(profile, seed=seed)) for seed in (0, 1)]
+    spec = protocol.paper_split_spec(profile, "multistage", seed=0)
+    first = lifecycle.run(spec)
     stamp = (first.run_dir / "metrics.json").stat().st_mtime_ns
-    again = stages.run_stage("stage2_multistage", profile, stage="stage2", init_from="stage1")
+    again = lifecycle.run(spec)
     assert (again.run_dir / "metrics.json").stat().st_mtime_ns == stamp  # same bridge: reused
-    bridge = stages.run_dir_for(profile, "stage1", 0) / "checkpoint.pt"
-    shutil.copy(stages.run_dir_for(profile, "stage1", 1) / "checkpoint.pt", bridge)
-    changed = stages.run_stage("stage2_multistage", profile, stage="stage2", init_from="stage1")
+    shutil.copy(bridges[1].run_dir / "checkpoint.pt", bridges[0].run_dir / "checkpoint.pt")
+    assert not lifecycle.is_complete(spec)
+    changed = lifecycle.run(spec)
     assert (changed.run_dir / "metrics.json").stat().st_mtime_ns != stamp
-    assert changed.config["init_sha256"] != first.config["init_sha256"]
-    assert changed.metrics["provenance"]["weights"]["sha256"] == changed.config["init_sha256"]
+    assert changed.config["inputs"]["init_sha256"] != first.config["inputs"]["init_sha256"]
+    assert changed.provenance["weights"]["sha256"] == changed.config["inputs"]["init_sha256"]

@@ -162,6 +162,11 @@ def dumps(config: Any) -> str:
     return json.dumps(asdict(config), indent=2, sort_keys=True)
 
 
+#: The core chapters (by their executed notebook's name): the paper's question answered, what ``make study``
+#: runs by default and what the speed targets of a study count (data, stage 1, the paper's setting,
+#: cross-validation, results).
+CORE_CHAPTERS = ("data", "stage1", "stage1_scratch", "stage2_imagenet", "stage2_multistage", "crossval", "results")
+
 #: Head-CT test accuracies reported by Godasu, El-Gayar & Sutrave (AMCIS 2020), shown
 #: beside (never instead of) this study's own measurements.
 PAPER_HEAD_CT_ACCURACY = {"imagenet": 0.75, "multistage": 0.875}

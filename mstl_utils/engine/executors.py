@@ -18,13 +18,14 @@ it trains (``locks``), and a run found busy is waited for and read back, never t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from tqdm import tqdm
@@ -57,8 +58,12 @@ def default_workers(n_jobs: int, device: str = "cpu", cores: int | None = None) 
     return workers if n_jobs >= 4 * workers else 1
 
 
-def _env() -> dict[str, str]:
-    return {k: os.environ[k] for k in ENV_PASSED if k in os.environ}
+def _env(runs_root: Path | None = None) -> dict[str, str]:
+    """The driver's configuration for a worker; the executor's runs folder as ``$MSTL_RUNS_DIR``."""
+    env = {k: os.environ[k] for k in ENV_PASSED if k in os.environ}
+    if runs_root is not None:
+        env[paths.ENV_RUNS_DIR] = str(runs_root)
+    return env
 
 
 def _set_env(env: dict[str, str]) -> None:
@@ -161,9 +166,14 @@ class Executor:
         raise NotImplementedError
 
     def map(self, fn: Callable[..., Any], items: Sequence[Any], *, workers: int | None = None,
-            description: str = "tasks") -> list[Any]:
-        """``fn(item)`` for every item, side by side; results in order."""
+            gpu: float = 0.0, description: str = "tasks") -> list[Any]:
+        """``fn(item)`` for every item, side by side; results in order. ``gpu``: the share of a GPU each task
+        needs (a Ray task without one gets no GPU; local processes see the machine's)."""
         raise NotImplementedError
+
+    def slots(self, n_jobs: int, device: str = "cpu") -> int:
+        """How many tasks of one kind this executor runs at once (``default_workers`` of its machines)."""
+        return self.workers or default_workers(n_jobs, device)
 
     def close(self) -> None:
         """Release what the executor holds (a Ray connection it opened)."""
@@ -201,21 +211,21 @@ class LocalExecutor(Executor):
             log.info("%s: %d at a time, %d CPU thread(s) each", description, workers, threads)
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker,
-                                     initargs=(threads, _env())) as pool:
+                                     initargs=(threads, _env(self.runs_root))) as pool:
                 futures = {pool.submit(_train, spec, str(self.runs_root), force): spec for spec in specs}
                 _collect(futures, progress)
         finally:
             progress.close()
 
     def map(self, fn: Callable[..., Any], items: Sequence[Any], *, workers: int | None = None,
-            description: str = "tasks") -> list[Any]:
+            gpu: float = 0.0, description: str = "tasks") -> list[Any]:
         workers = min(workers or self.workers or len(items), len(items)) or 1
         if workers == 1:
             return [fn(item) for item in items]
         threads = max(1, torch.get_num_threads() // workers)
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker,
-                                 initargs=(threads, _env())) as pool:
+                                 initargs=(threads, _env(self.runs_root))) as pool:
             futures = [pool.submit(fn, item) for item in items]
             return [f.result() for f in futures]
 
@@ -301,7 +311,7 @@ class RayExecutor(Executor):
         ray = self.connect()
         device = _device_of(specs)
         threads = self._threads(len(specs), device, ray)
-        env = _env()
+        env = _env(self.runs_root)
         remote = ray.remote(_ray_train)
         futures = {}
         for spec in specs:
@@ -330,12 +340,22 @@ class RayExecutor(Executor):
             progress.close()
 
     def map(self, fn: Callable[..., Any], items: Sequence[Any], *, workers: int | None = None,
-            description: str = "tasks") -> list[Any]:
+            gpu: float = 0.0, description: str = "tasks") -> list[Any]:
         ray = self.connect()
         threads = self.cpus_per_run or 1
-        remote = ray.remote(_ray_call).options(num_cpus=threads, max_retries=self.max_retries, retry_exceptions=False)
-        env = _env()
+        remote = ray.remote(_ray_call).options(num_cpus=threads, num_gpus=gpu, max_retries=self.max_retries,
+                                               retry_exceptions=False)
+        env = _env(self.runs_root)
         return ray.get([remote.remote(fn, item, threads, env) for item in items])
+
+    def slots(self, n_jobs: int, device: str = "cpu") -> int:
+        """Tasks of one kind the cluster runs at once: its CPUs over each task's threads (GPU: 4 per GPU)."""
+        ray = self.connect()
+        resources = ray.cluster_resources()
+        if device == "cuda":
+            return max(1, min(n_jobs, int(4 * resources.get("GPU", 0)) or 1))
+        threads = self._threads(n_jobs, device, ray)
+        return max(1, min(n_jobs, int(resources.get("CPU", 1)) // threads))
 
     def close(self) -> None:
         if self._started_here:
@@ -358,13 +378,21 @@ def get_executor(name: str | Executor | None = "local", *, workers: int | None =
     raise ValueError(f"executor={name!r}; expected one of {EXECUTORS}")
 
 
-def run_specs(specs: Iterable[Any], *, executor: str | Executor | None = "local", workers: int | None = None,
-              force: bool = False, description: str = "runs") -> list[lifecycle.RunResult]:
-    """Train (or read back) ``specs`` with the named executor; the one call notebooks and chapters make."""
+@contextlib.contextmanager
+def using(executor: str | Executor | None = "local", *, workers: int | None = None) -> Iterator[Executor]:
+    """``with using(executor) as ex:`` an executor for several calls; closed at the end only when made here
+    (an Executor passed in belongs to the caller)."""
     owned = not isinstance(executor, Executor)
     ex = get_executor(executor, workers=workers)
     try:
-        return ex.run(specs, force=force, description=description)
+        yield ex
     finally:
         if owned:
             ex.close()
+
+
+def run_specs(specs: Iterable[Any], *, executor: str | Executor | None = "local", workers: int | None = None,
+              force: bool = False, description: str = "runs") -> list[lifecycle.RunResult]:
+    """Train (or read back) ``specs`` with the named executor; the one call notebooks and chapters make."""
+    with using(executor, workers=workers) as ex:
+        return ex.run(specs, force=force, description=description)

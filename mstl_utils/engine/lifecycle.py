@@ -240,4 +240,5 @@ def run(spec: Any, *, runs_root: str | Path | None = None, force: bool = False, 
         context.write_json(MARKER_FILE, {**metrics, "provenance": provenance})
         if not getattr(spec, "keep_state", False):
             (folder / STATE_FILE).unlink(missing_ok=True)  # complete: the results replace the saved state
+    log.info("%s: trained in %s", spec.label, f"{provenance['wall_seconds']:.0f} s")
     return load(folder, spec)

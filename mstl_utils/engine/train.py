@@ -141,13 +141,17 @@ def fit(
         rows = list(resume["history"])
         set_rng_state(resume["rng"], generator, device)
         log.info("resumed after epoch %d/%d", resume["epoch"], num_epochs)
-    step_model = torch.compile(model) if compile else model
+    # Only the training step is compiled: its shapes never change (but for a pass's last, shorter batch),
+    # so on a GPU CUDA graphs ("reduce-overhead") replay it without launching each kernel. Evaluation
+    # stays eager: compiling it would cost a compilation per batch shape for a few batches per epoch.
+    step_model = (torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
+                  if compile else model)
     for epoch in range(len(rows) + 1, num_epochs + 1):
         start = time.perf_counter()
         train_loss, train_acc = run_epoch(step_model, train_loader, device=device, optimizer=optimizer,
                                           precision=precision, progress=f"epoch {epoch}/{num_epochs}" if progress else None,
                                           class_weights=class_weights)
-        val_loss, val_acc = (run_epoch(step_model, val_loader, device=device, precision=precision)
+        val_loss, val_acc = (run_epoch(model, val_loader, device=device, precision=precision)
                              if val_loader is not None else (float("nan"),) * 2)
         seconds = time.perf_counter() - start
         rows.append(

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import multiprocessing
 import os
 import tempfile
 import time
@@ -34,8 +33,8 @@ from torch import nn
 from ..data import datasets as data_mod, decoded
 from ..models import registry as models
 from ..core import repro
-from ..engine import train
-from ..core.config import Profile
+from ..engine import executors, train
+from ..core.config import CORE_CHAPTERS, Profile
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +55,19 @@ class Settings:
     steps: int  # timed training steps per measurement (after warm-up)
     warmup: int = 3
     compile: bool = True  # also time torch.compile (its compilation is reported apart)
+    deterministic: bool = True  # the study's deterministic mode, so that the step timed is the study's own
 
     @classmethod
     def from_profile(cls, profile: Profile, *, steps: int = 40, compile: bool = True) -> "Settings":
         return cls(profile.model, profile.image_size, profile.stage1.batch_size, profile.stage2.batch_size,
-                   steps, compile=compile)
+                   steps, compile=compile, deterministic=profile.deterministic)
 
 
-def _model(name: str, device: torch.device, channels_last: bool) -> nn.Module:
-    model, _ = models.build_model(name, num_classes=2, init="scratch")  # speed does not depend on the weights
+def _model(settings: "Settings", device: torch.device, channels_last: bool) -> nn.Module:
+    # Seeded as a study run is: deterministic algorithms on (and uninitialised memory not filled), so the
+    # step timed here is the step the study trains with.
+    repro.seed_everything(0, deterministic=settings.deterministic)
+    model, _ = models.build_model(settings.model, num_classes=2, init="scratch")  # speed does not depend on the weights
     model.to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
@@ -107,7 +110,7 @@ def ceiling(settings: Settings, device: torch.device, *, precision: str, channel
             compile: bool = False, batch_size: int | None = None) -> tuple[int, float, float]:
     """(images, seconds, compile seconds) of pure compute on one in-memory batch."""
     torch.manual_seed(0)
-    model = _model(settings.model, device, channels_last)
+    model = _model(settings, device, channels_last)
     step_model = torch.compile(model) if compile else model
     compile_seconds = 0.0
     if compile:  # compilation happens on the first steps; time it apart
@@ -124,7 +127,7 @@ def pipeline(settings: Settings, stage_data: data_mod.StageData, device: torch.d
              precision: str) -> tuple[int, float]:
     """The project's own path: cached uint8 tensors, on-device batched augmentation, channels_last."""
     torch.manual_seed(0)
-    model = _model(settings.model, device, channels_last=True)
+    model = _model(settings, device, channels_last=True)
     loader = stage_data.loader("train", batch_size=settings.batch_size, augment=True,
                                generator=torch.Generator().manual_seed(0), device=device)
     batches = itertools.chain.from_iterable(itertools.repeat(loader))  # as many passes as the steps need
@@ -149,7 +152,7 @@ def plain(settings: Settings, folder: Path, device: torch.device, *, workers: in
                                          persistent_workers=workers > 0,
                                          generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
-    model = _model(settings.model, device, channels_last=False)
+    model = _model(settings, device, channels_last=False)
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
     return _timed_steps(model, batches, steps=settings.steps, warmup=settings.warmup, device=device,
                         precision="fp32")
@@ -165,10 +168,10 @@ def _side_by_side_worker(args) -> tuple[int, float]:
 
 def side_by_side(settings: Settings, device: torch.device, *, processes: int, threads: int,
                  precision: str) -> tuple[int, float]:
-    """Total (images, seconds) of ``processes`` small-batch runs at once, ``threads`` CPU threads each."""
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(processes) as pool:
-        results = pool.map(_side_by_side_worker, [(settings, threads, str(device), precision)] * processes)
+    """Total (images, seconds) of ``processes`` small-batch runs at once, ``threads`` CPU threads each
+    (worker processes of the study's own local executor)."""
+    results = executors.LocalExecutor().map(_side_by_side_worker, [(settings, threads, str(device), precision)] * processes,
+                                            workers=processes)
     # Throughput of the whole: every process's images over the slowest one's time.
     return sum(r[0] for r in results), max(r[1] for r in results)
 
@@ -307,7 +310,9 @@ def targets(table: pd.DataFrame, study_times: pd.DataFrame | None) -> pd.DataFra
     """Each target, what was measured against it and whether it was met ("yes", "no", "not measured").
 
     ``study_times`` is ``study_time.csv`` of the study that built the book (None when absent);
-    its wall time counts only when every stage was run (``force``), not reused.
+    its wall time counts only when every stage was run (``force``), not reused. The study targets are
+    the core chapters' (``CORE_CHAPTERS``: data, stage 1, the paper's setting, cross-validation,
+    results); the other chapters have their own times in the speed appendix.
     """
     ratios = summary(table)
     device = table["device"].iloc[0]
@@ -320,12 +325,14 @@ def targets(table: pd.DataFrame, study_times: pd.DataFrame | None) -> pd.DataFra
                  "met": ("yes" if ratios["pipeline_over_plain"] >= TARGET_PIPELINE_OVER_PLAIN_GPU else "no")
                  if gpu else "not measured (no GPU)"})
     full = None
-    if study_times is not None and len(study_times) and bool(study_times["force"].all()):
-        full = (study_times["profile"].iloc[0], study_times["seconds"].sum() / 60)
+    core = (study_times[study_times["notebook"].isin([f"{c}.ipynb" for c in CORE_CHAPTERS])]
+            if study_times is not None else None)
+    if core is not None and len(core) == len(CORE_CHAPTERS) and bool(core["force"].all()):
+        full = (core["profile"].iloc[0], core["seconds"].sum() / 60)
     for profile, bound, where in (("quick", TARGET_QUICK_MINUTES_CPU, "on 2 CPU cores"),
                                   ("paper", TARGET_PAPER_MINUTES_GPU, "on one H100-class GPU")):
         measured = full is not None and full[0] == profile and (gpu if profile == "paper" else True)
-        rows.append({"target": f"{profile} profile <= {bound:g} min {where}",
+        rows.append({"target": f"{profile} study (core chapters) <= {bound:g} min {where}",
                      "measured": f"{full[1]:.1f} min" if measured else "no full run of this profile here",
                      "met": ("yes" if full[1] <= bound else "no") if measured else "not measured"})
     return pd.DataFrame(rows, columns=["target", "measured", "met"])
@@ -383,3 +390,59 @@ def read(path: str | Path) -> pd.DataFrame:
     text = ["variant", "ratio_to", "data", "cpu", "gpu"]
     table[text] = table[text].fillna("")
     return table
+
+
+# --------------------------------------------------------------------------- executors
+
+#: Columns of ``executors.csv``: the local and the Ray executor on the same runs (the speed appendix).
+EXECUTOR_COLUMNS = ["executor", "measurement", "runs", "seconds", "per_run_seconds", "note", "cpu", "torch",
+                    "ray", "finished"]
+
+
+def executor_comparison(profile: Profile, *, n_runs: int = 8, ray_cpus: int | None = None) -> pd.DataFrame:
+    """The local and the Ray executor on this machine: start-up, the overhead of reading back complete
+    runs (no worker needed), and one batch of ``n_runs`` short fold runs (``profile``'s stage 2, the
+    ``imagenet`` arm, so no bridge is trained), each batch in a fresh runs folder."""
+    from . import protocol
+
+    hardware = repro.hardware()
+    try:
+        import ray
+
+        ray_version = ray.__version__
+    except ImportError:
+        ray_version = ""
+    folds, _ = protocol.head_ct_folds(profile)
+    specs = [r.spec for r in protocol.plan(profile, folds, arms=("imagenet",))][:n_runs]
+    rows = []
+
+    def add(executor, measurement, runs, seconds, note=""):
+        rows.append({"executor": executor, "measurement": measurement, "runs": runs, "seconds": seconds,
+                     "per_run_seconds": seconds / runs if runs else float("nan"), "note": note,
+                     "cpu": f"{hardware['processor']} ({hardware['cpu_count']} cores)", "torch": torch.__version__,
+                     "ray": ray_version, "finished": repro.now()})
+        log.info("%-6s %-28s %3d runs %8.1f s", executor, measurement, runs, seconds)
+
+    with tempfile.TemporaryDirectory() as root:
+        for name in ("local", "ray"):
+            if name == "ray" and not ray_version:
+                add(name, "not measured", 0, float("nan"), "Ray is not installed")
+                continue
+            runs_root = Path(root) / name
+            start = time.perf_counter()
+            ex = executors.get_executor(name, runs_root=runs_root, **({"num_cpus": ray_cpus} if name == "ray" else {}))
+            if name == "ray":
+                ex.connect()
+            add(name, "start-up", 0, time.perf_counter() - start,
+                "a local Ray cluster started" if name == "ray" else "nothing to start")
+            try:
+                start = time.perf_counter()
+                ex.run(specs, description=f"{name} executor")
+                add(name, "fold-run batch", len(specs), time.perf_counter() - start,
+                    f"{profile.name} profile, stage 2, {profile.stage2.num_epochs} epochs each")
+                start = time.perf_counter()
+                ex.run(specs, description=f"{name} executor, complete")
+                add(name, "complete runs read back", len(specs), time.perf_counter() - start)
+            finally:
+                ex.close()
+    return pd.DataFrame(rows, columns=EXECUTOR_COLUMNS)

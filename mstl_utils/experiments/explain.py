@@ -17,12 +17,20 @@ mass share = area share; a ratio above 1 means the model looks there more than b
 The colour shortcut: ``run_colour_folds`` trains the imagenet arm's folds of one
 repeat again on RGB images (runs ``COLOUR_RUN``), to compare with the grey runs on
 the files the data audit found visibly coloured (all of them normal scans).
+
+The chapter (notebook 08): ``get_plan`` (what is shown), ``run`` (the runs, trained when missing,
+then the maps and measures), ``tables`` (``gradcam_*.csv``), ``glue_values``, ``verdict`` and the
+figures (``region_figure``, ``arm_figures``, ``chest_figure``, ``colour_figure``, each map with
+a colour bar of its [0, 1] scale). Figures and tables name images by their id, never by a path.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,14 +40,15 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from scipy import ndimage
 from torch import nn
 
+from ..core.config import ARM_INIT, Profile
 from ..data import audit
+from ..data.batches import TensorBatches
+from ..data.datasets import StageData
+from ..engine import executors, stages, train
+from ..engine.lifecycle import RunResult
+from ..engine.spec import RunSpec
 from ..models import registry as models
 from . import protocol
-from ..engine import stages, train
-from ..data.batches import TensorBatches
-from ..core.config import Profile
-from ..data.datasets import StageData
-from ..engine.stages import StageResult
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +123,7 @@ def predict_probs(model: models.GreyInput, images: torch.Tensor) -> np.ndarray:
 # --------------------------------------------------------------------------- which images
 
 
-def prediction_table(result: StageResult) -> pd.DataFrame:
+def prediction_table(result: RunResult) -> pd.DataFrame:
     """A binary run's test predictions with outcome (TP/FP/FN/TN) and confidence (probability of the
     predicted class), labelled with the run: arm, repeat, fold, run_dir."""
     pred = result.predictions
@@ -132,7 +141,7 @@ def prediction_table(result: StageResult) -> pd.DataFrame:
     })
 
 
-def oof_predictions(fold_runs: list[StageResult], *, repeat: int) -> pd.DataFrame:
+def oof_predictions(fold_runs: list[RunResult], *, repeat: int) -> pd.DataFrame:
     """Every out-of-fold prediction of one repeat (each image once per arm), as ``prediction_table`` rows."""
     tables = [prediction_table(r) for r in fold_runs if r.config["split"]["repeat"] == repeat]
     if not tables:
@@ -302,21 +311,25 @@ def region_cells(images: torch.Tensor, regions: dict[str, np.ndarray], *, limit:
 # --------------------------------------------------------------------------- the colour shortcut
 
 
-def run_colour_folds(profile: Profile, *, repeat: int = 0, folds: pd.DataFrame | None = None,
-                     data_dir: str | Path | None = None, weights_dir: str | Path | None = None,
-                     runs_root: str | Path | None = None, device: str = "auto", force: bool = False,
-                     workers: int | None = None) -> list[StageResult]:
-    """Train (or reuse) the imagenet arm's folds of ``repeat`` on RGB images (``in_chans=3``,
-    run name ``COLOUR_RUN``): the same folds, seeds and settings as the grey runs, only the input differs."""
-    if folds is None:
-        folds, _ = protocol.head_ct_folds(profile, data_dir=data_dir, runs_root=runs_root)
-    runs = [r for r in protocol.plan(profile, folds, arms=("imagenet",)) if r.split.repeat == repeat]
-    if not runs:
+def colour_specs(profile: Profile, folds: pd.DataFrame, *, repeat: int = 0,
+                 data_dir: str | Path | None = None) -> list[RunSpec]:
+    """The imagenet arm's fold runs of ``repeat`` on RGB images (``in_chans=3``, run name ``COLOUR_RUN``):
+    the same folds, seeds and settings as the grey runs, only the input differs."""
+    chosen = [split for split in protocol.splits(folds) if split.repeat == repeat]
+    if not chosen:
         raise ValueError(f"repeat {repeat} is not in the folds (repeats {sorted(folds['repeat'].unique())})")
-    jobs = [dict(name=COLOUR_RUN, profile=profile, stage="stage2", init_from=r.init_from, seed=r.seed,
-                 split=r.split, in_chans=3, force=force, data_dir=data_dir, weights_dir=weights_dir,
-                 runs_root=runs_root, device=device) for r in runs]
-    return stages.run_stages(jobs, workers=workers, device=device, description="colour fold runs")
+    return [protocol.fold_spec(profile, "imagenet", split, name=COLOUR_RUN, in_chans=3, data_dir=data_dir)
+            for split in chosen]
+
+
+def run_colour_folds(profile: Profile, *, repeat: int = 0, folds: pd.DataFrame | None = None,
+                     data_dir: str | Path | None = None, executor: str | executors.Executor = "local",
+                     workers: int | None = None, force: bool = False) -> list[RunResult]:
+    """Train (or reuse) the colour fold runs of ``repeat`` (``colour_specs``); ``force`` trains them again."""
+    if folds is None:
+        folds, _ = protocol.head_ct_folds(profile, data_dir=data_dir)
+    return executors.run_specs(colour_specs(profile, folds, repeat=repeat, data_dir=data_dir), executor=executor,
+                               workers=workers, force=force, description="colour fold runs")
 
 
 def visibly_coloured(stage_data: StageData) -> pd.Series:
@@ -325,7 +338,7 @@ def visibly_coloured(stage_data: StageData) -> pd.Series:
     return (props.set_index("group")["colour_fraction"] > audit.VISIBLY_COLOURED_FRACTION).rename("coloured")
 
 
-def colour_predictions(colour_runs: list[StageResult], grey_runs: list[StageResult], grey_data: StageData,
+def colour_predictions(colour_runs: list[RunResult], grey_runs: list[RunResult], grey_data: StageData,
                        coloured: pd.Series, *, repeat: int) -> pd.DataFrame:
     """Per head-CT image of ``repeat``, out of fold: label, coloured, and the probability of hemorrhage
     from the grey model (``prob_grey``), the colour model on the file as stored (``prob_colour``) and
@@ -375,7 +388,7 @@ MAP_LABELS = {"colour": "colour model, RGB", "colour_on_grey": "colour model, gr
               "grey_model": "grey model"}
 
 
-def colour_cams(table: pd.DataFrame, colour_runs: list[StageResult], grey_runs: list[StageResult],
+def colour_cams(table: pd.DataFrame, colour_runs: list[RunResult], grey_runs: list[RunResult],
                 colour_data: StageData, grey_data: StageData, *, repeat: int, target_class: int = 0) -> dict:
     """Grad-CAM of ``target_class`` (0: normal) on the visibly coloured images of ``table``: the colour
     model on the file as stored and on its grey version, the grey model on the grey image; each by
@@ -503,3 +516,267 @@ def colour_verdict(accuracy: pd.DataFrame, shares: pd.DataFrame) -> str:
                      "the head's interior), so where a map lies cannot tell colour from anatomy; the grey "
                      "versions can.")
     return text
+
+
+# --------------------------------------------------------------------------- the chapter
+
+
+@dataclass(frozen=True)
+class ExplainPlan:
+    """What the explanations chapter shows for one profile."""
+
+    repeats: tuple[int, ...] = (0,)  # protocol repeats whose out-of-fold images are explained (pooled)
+    colour_repeat: int | None = None  # the repeat whose imagenet folds are trained again in colour (None: repeats[0])
+    arms: tuple[str, ...] = tuple(ARM_INIT)  # arms explained, in this order
+    n_examples: int = 4  # images per arm and outcome (TP, FP, FN) in the grids
+    n_colour: int = 6  # visibly coloured head-CT files shown with their maps (all are measured)
+
+    def __post_init__(self):
+        if not self.repeats:
+            raise ValueError("repeats=(): expected at least one protocol repeat to explain")
+        unknown = [a for a in self.arms if a not in ARM_INIT]
+        if unknown or not self.arms:
+            raise ValueError(f"arms={self.arms}; expected some of {list(ARM_INIT)}")
+        if self.n_examples < 1 or self.n_colour < 0:
+            raise ValueError(f"n_examples={self.n_examples}, n_colour={self.n_colour}; expected >= 1 and >= 0")
+
+    @property
+    def colour(self) -> int:
+        """The repeat trained again in colour."""
+        return self.repeats[0] if self.colour_repeat is None else self.colour_repeat
+
+
+PLANS: dict[str, ExplainPlan] = {"smoke": ExplainPlan(), "quick": ExplainPlan(), "paper": ExplainPlan()}
+
+
+def get_plan(profile: str, **changes: Any) -> ExplainPlan:
+    """The explanations plan of ``profile`` with ``changes`` (None values ignored; lists become tuples,
+    a single repeat or arm a one-element tuple)."""
+    if profile not in PLANS:
+        raise ValueError(f"no explanations plan for profile {profile!r}; expected one of {sorted(PLANS)}")
+    changes = {k: v for k, v in changes.items() if v is not None}
+    for key in ("repeats", "arms"):
+        if key in changes:
+            value = changes[key]
+            changes[key] = (value,) if isinstance(value, (int, str)) else tuple(value)
+    return dataclasses.replace(PLANS[profile], **changes)
+
+
+@dataclass
+class ExplainResult:
+    """The runs the chapter explains, their data, maps and measures."""
+
+    profile: Profile
+    plan: ExplainPlan
+    fold_runs: list[RunResult]  # the plan's arms on every fold of the plan's repeats (grey)
+    grey_runs: list[RunResult]  # the imagenet arm's folds of the colour repeat (grey): the colour runs' pairs
+    colour_runs: list[RunResult]  # the same folds trained on RGB images
+    stage1_run: RunResult  # the bridge of the first explained repeat: the chest X-ray maps
+    head: StageData  # the head-CT images, grey
+    head_regions: dict[str, np.ndarray]  # interior, rim and background of every head-CT image
+    oof: pd.DataFrame  # every out-of-fold prediction explained (prediction_table rows)
+    oof_cams: np.ndarray  # their hemorrhage maps, in row order
+    head_summary: pd.DataFrame  # cam_summary of the head-CT maps
+    picked: pd.DataFrame  # the examples shown (index into oof)
+    chest_pred: pd.DataFrame  # the bridge's test predictions
+    chest_images: torch.Tensor
+    chest_cams: np.ndarray
+    chest_summary: pd.DataFrame
+    chest_picked: pd.DataFrame
+    colour_table: pd.DataFrame  # colour_predictions
+    colour_maps: dict  # colour_cams
+
+    @property
+    def oof_images(self) -> torch.Tensor:
+        return images_of(self.head, self.oof)
+
+    @property
+    def bridge_seed(self) -> int:
+        return protocol.bridge_seed(self.profile, self.plan.repeats[0])
+
+    def runs(self) -> list[RunResult]:
+        """Every run the chapter read, each once (for the provenance)."""
+        found: dict[str, RunResult] = {}
+        for run in [*self.fold_runs, *self.grey_runs, self.stage1_run, *self.colour_runs]:
+            found.setdefault(str(run.run_dir), run)
+        return list(found.values())
+
+
+def run(profile: Profile, plan: ExplainPlan, *, executor: str | executors.Executor = "local",
+        workers: int | None = None, force: bool = False, data_dir: str | Path | None = None) -> ExplainResult:
+    """Train (or read back) what the chapter explains, then make and measure the maps.
+
+    The protocol's fold runs of the plan's arms and repeats and the bridge of the first repeat are
+    trained when missing (``force`` never retrains them); the colour fold runs are trained when
+    missing, again with ``force``. Every image is explained by the run that tested it."""
+    folds, _ = protocol.head_ct_folds(profile, data_dir=data_dir)
+    known = sorted(int(r) for r in folds["repeat"].unique())
+    missing = sorted({*plan.repeats, plan.colour} - set(known))
+    if missing:
+        raise ValueError(f"repeat(s) {missing} are not in the folds (repeats {known})")
+    bridge = protocol.bridge_spec(profile, seed=protocol.bridge_seed(profile, plan.repeats[0]), data_dir=data_dir)
+    with executors.get_executor(executor, workers=workers) as ex:
+        fold_runs = protocol.run_protocol(profile, arms=plan.arms, data_dir=data_dir, executor=ex,
+                                          folds=folds[folds["repeat"].isin(plan.repeats)])
+        grey_runs = protocol.run_protocol(profile, arms=("imagenet",), data_dir=data_dir, executor=ex,
+                                          folds=folds[folds["repeat"] == plan.colour])
+        (stage1_run,) = ex.run([bridge], description="bridge run")
+        colour_runs = run_colour_folds(profile, repeat=plan.colour, folds=folds, data_dir=data_dir, executor=ex,
+                                       force=force)
+
+    head = stages.prepare_data(grey_runs[0].spec)
+    colour_head = stages.prepare_data(colour_runs[0].spec)
+    chest = stages.prepare_data(bridge)
+
+    oof = pd.concat([oof_predictions(fold_runs, repeat=r) for r in plan.repeats], ignore_index=True)
+    oof_images = images_of(head, oof)
+    oof_cams = explain_rows(oof, oof_images, target_class=1)
+    head_summary = cam_summary(region_table(oof, oof_cams, head_regions(oof_images)), dataset="head_ct")
+
+    chest_pred = prediction_table(stage1_run)
+    chest_images = images_of(chest, chest_pred)
+    chest_cams = explain_rows(chest_pred, chest_images, target_class=1)
+    chest_summary = cam_summary(region_table(chest_pred, chest_cams, border_regions(chest_images)),
+                                dataset="chest_xray")
+
+    colour_table = colour_predictions(colour_runs, grey_runs, head, visibly_coloured(head), repeat=plan.colour)
+    colour_maps = colour_cams(colour_table, colour_runs, grey_runs, colour_head, head, repeat=plan.colour)
+    return ExplainResult(
+        profile=profile, plan=plan, fold_runs=fold_runs, grey_runs=grey_runs, colour_runs=colour_runs,
+        stage1_run=stage1_run, head=head, head_regions=head_regions(head.images), oof=oof, oof_cams=oof_cams,
+        head_summary=head_summary, picked=pick_examples(oof, n_examples=plan.n_examples), chest_pred=chest_pred,
+        chest_images=chest_images, chest_cams=chest_cams, chest_summary=chest_summary,
+        chest_picked=pick_examples(chest_pred, n_examples=plan.n_examples), colour_table=colour_table,
+        colour_maps=colour_maps)
+
+
+def tables(result: ExplainResult) -> dict[str, pd.DataFrame]:
+    """The chapter's tables: where the maps lie (both datasets), the colour experiment's accuracy and maps."""
+    return {"gradcam_summary.csv": pd.concat([result.head_summary, result.chest_summary], ignore_index=True),
+            "gradcam_colour.csv": colour_accuracy(result.colour_table),
+            "gradcam_colour_maps.csv": colour_shares(result.colour_maps)}
+
+
+def summary_view(summary: pd.DataFrame, *, values: tuple[str, ...] = ("mass_share", "ratio")) -> pd.DataFrame:
+    """A summary (``cam_summary``) for the page: one row per arm and outcome (per outcome when it holds one
+    arm), one column per measure and region."""
+    index = ["arm", "outcome"] if summary["arm"].nunique() > 1 else ["outcome"]
+    return summary.pivot_table(index=index, columns="region", values=list(values), sort=False)
+
+
+def _repeats_text(repeats: tuple[int, ...]) -> int | str:
+    return repeats[0] if len(repeats) == 1 else ", ".join(str(r) for r in repeats)
+
+
+def glue_values(result: ExplainResult, tables_: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    """Every value the chapter's prose glues (the markdown ones as ``IPython.display.Markdown``)."""
+    from IPython.display import Markdown
+
+    profile, plan = result.profile, result.plan
+    summary = tables_["gradcam_summary.csv"]
+    head_summary = summary[summary["dataset"] == "head_ct"]
+    chest_summary = summary[summary["dataset"] == "chest_xray"]
+    every = head_summary[(head_summary["outcome"] == "all") & (head_summary["region"] == "interior")].set_index("arm")
+    table = result.colour_table
+    agreement = map_agreement(result.colour_maps)
+    return {
+        "repeat": _repeats_text(plan.repeats),
+        "colour_repeat": plan.colour,
+        "image_size": profile.image_size,
+        "cam_side": layer_side(profile.model, profile.image_size),
+        "rim_px": max(1, round(RIM_FRACTION * profile.image_size)),
+        "n_head": len(result.head.images),
+        "n_no_background": int((result.head_regions["background"].mean(axis=(1, 2)) < 0.03).sum()),
+        "n_examples": plan.n_examples,
+        **{f"interior_{arm}": float(every["mass_share"].get(arm, np.nan)) for arm in ARM_INIT},
+        "interior_area": float(every["area_share"].mean()),
+        "regions_verdict": Markdown(regions_verdict(head_summary)),
+        "regions_headline": Markdown(regions_verdict(head_summary, by_outcome=False)),
+        "bridge_seed": result.bridge_seed,
+        "n_chest_test": len(result.chest_pred),
+        "border_percent": round(100 * BORDER_FRACTION),
+        "chest_verdict": Markdown(border_verdict(chest_summary)),
+        "n_coloured": int(table["coloured"].sum()),
+        "n_coloured_normal": int((table["coloured"] & (table["label"] == 0)).sum()),
+        "n_colour_runs": len(result.colour_runs),
+        "n_colour_images": len(table),
+        "colour_model_accuracy": float(((table["prob_colour"] >= 0.5) == table["label"]).mean()),
+        "grey_model_accuracy": float(((table["prob_grey"] >= 0.5) == table["label"]).mean()),
+        "colour_verdict": Markdown(colour_verdict(tables_["gradcam_colour.csv"], tables_["gradcam_colour_maps.csv"])),
+        "n_colour": plan.n_colour,
+        "agree_own": float(agreement["correlation"].iloc[0]),
+        "agree_models": float(agreement["correlation"].iloc[1]),
+    }
+
+
+def _percent(value: float) -> str:
+    return f"{value:.0%}" if np.isfinite(value) else "not measurable (every map empty)"
+
+
+def verdict(result: ExplainResult, tables_: dict[str, pd.DataFrame]) -> str:
+    """Markdown: the chapter's findings, one bullet each (head CT, chest X-ray, the colour shortcut)."""
+    summary = tables_["gradcam_summary.csv"]
+    head_summary = summary[summary["dataset"] == "head_ct"]
+    every = head_summary[(head_summary["outcome"] == "all") & (head_summary["region"] == "interior")].set_index("arm")
+    shares = ", ".join(f"{arm} {_percent(every.loc[arm, 'mass_share'])}" for arm in result.plan.arms
+                       if arm in every.index)
+    chest = border_verdict(summary[summary["dataset"] == "chest_xray"])
+    colour = colour_verdict(tables_["gradcam_colour.csv"], tables_["gradcam_colour_maps.csv"])
+    return "\n".join([
+        f"- Head CT: {regions_verdict(head_summary, by_outcome=False)} Per arm, the interior's share: {shares}.",
+        f"- Chest X-ray, stage 1: {chest}.",
+        f"- The colour shortcut: {colour}",
+    ])
+
+
+# --------------------------------------------------------------------------- figures
+
+#: What a map's colour says (``pytorch_grad_cam`` scales each map to its own [0, 1]).
+CAM_SCALE_LABEL = "Grad-CAM, each map scaled to [0, 1]"
+
+
+def cam_figure(cells: dict, *, title: str, colour_bar: bool = True):
+    """``plots.cam_grid`` of ``cells`` with a colour bar of the maps' scale (none when no cell has a map).
+
+    The colour bar is added here until ``plots.cam_grid`` draws one itself (the change is described
+    in the refactoring notes); the maps use its colour map (jet) on [0, 1]."""
+    import matplotlib as mpl
+
+    from ..report import plots
+
+    fig = plots.cam_grid(**cells, title=title)
+    if colour_bar and any(cam is not None for cam in cells["cams"]):
+        mappable = mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(0, 1), cmap="jet")
+        bar = fig.colorbar(mappable, ax=fig.axes, fraction=0.025, pad=0.02)
+        bar.set_label(CAM_SCALE_LABEL, fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+    return fig
+
+
+def region_figure(result: ExplainResult, *, limit: int = 12):
+    """The head regions (interior, rim, background) of the first ``limit`` head-CT images."""
+    regions = {k: v[:limit] for k, v in result.head_regions.items()}
+    return cam_figure(region_cells(result.head.images[:limit], regions, limit=limit),
+                      title="Head regions of the first images", colour_bar=False)
+
+
+def arm_figures(result: ExplainResult) -> dict[str, Any]:
+    """Per arm shown: its most confident TP, FP and FN out of fold, with their hemorrhage maps."""
+    images, n = result.oof_images, result.plan.n_examples
+    picked = result.picked
+    return {arm: cam_figure(grid_cells(picked[picked["arm"] == arm], images, result.oof_cams, n_examples=n),
+                            title=f"{arm}: Grad-CAM for hemorrhage, out of fold")
+            for arm in result.plan.arms if arm in set(picked["arm"])}
+
+
+def chest_figure(result: ExplainResult):
+    """The bridge's most confident TP, FP and FN on the official chest X-ray test split."""
+    return cam_figure(grid_cells(result.chest_picked, result.chest_images, result.chest_cams,
+                                 n_examples=result.plan.n_examples),
+                      title="Stage 1: Grad-CAM for pneumonia, official test split")
+
+
+def colour_figure(result: ExplainResult):
+    """The visibly coloured files (at most ``plan.n_colour``) with the colour and the grey models' maps."""
+    return cam_figure(colour_cells(result.colour_maps, limit=result.plan.n_colour),
+                      title="Visibly coloured normal files: colour model vs grey model")

@@ -184,10 +184,36 @@ def load_protocol(profile: Profile, *, arms: tuple[str, ...] = tuple(ARM_INIT), 
     return [lifecycle.load_spec(run.spec, runs_root) for run in plan(profile, folds, arms=arms, data_dir=data_dir)]
 
 
+def bridge_specs(profile: Profile, *, init: str = "imagenet", data_dir: str | Path | None = None) -> list[RunSpec]:
+    """The bridge runs from ``init``, one per seed of the profile (the stage-1 chapters)."""
+    return [bridge_spec(profile, init=init, seed=seed, data_dir=data_dir) for seed in profile.seeds]
+
+
+def all_bridge_specs(profile: Profile, *, data_dir: str | Path | None = None) -> list[RunSpec]:
+    """Every bridge of the protocol: from ImageNet and from random weights, one per seed of the profile."""
+    return [s for init in STAGE1_INIT.values() for s in bridge_specs(profile, init=init, data_dir=data_dir)]
+
+
 def paper_split_spec(profile: Profile, arm: str, *, seed: int, data_dir: str | Path | None = None) -> RunSpec:
     """The paper's own setting: ``arm`` on one 80/20 split of the target drawn by ``seed``."""
     return RunSpec(name=f"stage2_{arm}", stage="stage2", profile=profile,
                    init=arm_start(profile, arm, bridge_seed=seed, data_dir=data_dir), seed=seed, data_dir=data_dir)
+
+
+def paper_split_specs(profile: Profile, arm: str, *, data_dir: str | Path | None = None) -> list[RunSpec]:
+    """The paper's setting for ``arm``, one split per seed of the profile (the stage-2 chapters)."""
+    return [paper_split_spec(profile, arm, seed=seed, data_dir=data_dir) for seed in profile.seeds]
+
+
+def core_specs(profile: Profile, *, data_dir: str | Path | None = None,
+               folds: pd.DataFrame | None = None) -> list[RunSpec]:
+    """Every run of the core chapters: both bridges per seed, the paper's split for the two arms it
+    reports, and every fold of every arm (the results chapter's provenance names them all)."""
+    if folds is None:
+        folds, _ = head_ct_folds(profile, data_dir=data_dir)
+    return (all_bridge_specs(profile, data_dir=data_dir)
+            + [s for arm in ("imagenet", "multistage") for s in paper_split_specs(profile, arm, data_dir=data_dir)]
+            + [r.spec for r in plan(profile, folds, data_dir=data_dir)])
 
 
 def _arm(result: RunResult) -> str:
@@ -223,3 +249,9 @@ def histories(results: list[RunResult]) -> pd.DataFrame:
     """Every fold run's per-epoch history, labelled by arm, repeat and fold (for learning curves)."""
     return pd.concat([r.history.assign(arm=_arm(r), repeat=r.config["split"]["repeat"], fold=r.config["split"]["fold"])
                       for r in results], ignore_index=True)
+
+
+def run_minutes(results: list[RunResult]) -> pd.DataFrame:
+    """Per arm: total, median and count of the fold runs' wall minutes."""
+    return pd.DataFrame([{"arm": _arm(r), "minutes": r.provenance["wall_seconds"] / 60} for r in results]).groupby(
+        "arm", sort=False)["minutes"].agg(["sum", "median", "count"])

@@ -186,3 +186,52 @@ def tuning_tests(outer: pd.DataFrame, *, metrics: Sequence[str] = ("accuracy", "
         table["p_adjusted"] = st.adjust_pvalues(table["p_value"], method="holm")
         tables.append(table)
     return pd.concat(tables, ignore_index=True)[["arm", *TEST_COLUMNS]]
+
+
+# --------------------------------------------------------------------------- the results chapter
+
+
+def verdicts(tests: pd.DataFrame, *, alpha: float, paper_gain: float) -> dict[str, str]:
+    """The results chapter's three answers: the paper's claim, ImageNet's contribution, the bridge's alone."""
+    return {"verdict": verdict(tests, alpha=alpha, paper_gain=paper_gain),
+            "verdict_imagenet": verdict(tests, arm_a="imagenet", arm_b="scratch", alpha=alpha),
+            "verdict_bridge": verdict(tests, arm_a="bridge_only", arm_b="scratch", alpha=alpha)}
+
+
+def results_glue(tests: pd.DataFrame, folds: pd.DataFrame, paper_split: pd.DataFrame, *, alpha: float,
+                 paper_accuracy: dict[str, float]) -> dict[str, object]:
+    """Every number the results chapter's prose glues, from its tables."""
+    paper_gain = paper_accuracy["multistage"] - paper_accuracy["imagenet"]
+    primary = tests[tests["test"] == "nadeau_bengio"]
+    claim = primary[(primary["arm_a"] == "multistage") & (primary["arm_b"] == "imagenet")
+                    & (primary["metric"] == "accuracy")].iloc[0]
+    values: dict[str, object] = {f"primary_{c}_pp": 100 * float(claim[c]) for c in ("mean_diff", "ci_low", "ci_high")}
+    values.update(paper_gain_pp=100 * paper_gain, primary_p=float(claim["p_value"]),
+                  primary_p_adjusted=float(claim["p_adjusted"]), n_pairs=int((primary["metric"] == "accuracy").sum()),
+                  n_fold_pairs=int(folds.groupby("arm").size().iloc[0]), n_repeats=int(folds["repeat"].nunique()),
+                  n_folds=int(folds["fold"].nunique()), alpha=alpha)
+    for row in arm_summary(folds).itertuples():
+        for column in ("mean", "sd", "ci_low", "ci_high"):
+            values[f"{row.arm}_{row.metric}_{column}"] = float(getattr(row, column))
+    mcnemar = tests[tests["test"].str.startswith("mcnemar") & (tests["arm_a"] == "multistage")
+                    & (tests["arm_b"] == "imagenet")]
+    values.update(n_mcnemar_repeats=len(mcnemar), n_mcnemar_significant=int((mcnemar["p_adjusted"] < alpha).sum()))
+    # The paper's own setting: one split of 40 test images per seed.
+    n_test = int(paper_split["n_test"].iloc[0])
+    gain_images = round(paper_gain * n_test)
+    best_case = st.mcnemar_exact([True] * n_test, [True] * (n_test - gain_images) + [False] * gain_images)
+    paired = paper_split_pairs(paper_split)
+    for arm in ("imagenet", "multistage"):
+        values[f"paper_acc_{arm}"] = paper_accuracy[arm]
+        values[f"split_acc_{arm}"] = float(paired[arm].mean())
+    values.update(paper_n_test=n_test, paper_n_seeds=len(paired), paper_gain_images=gain_images,
+                  paper_best_case_p=best_case["p_value"],
+                  split_n_multistage_better=int((paired["multistage"] > paired["imagenet"]).sum()),
+                  split_n_multistage_worse=int((paired["multistage"] < paired["imagenet"]).sum()))
+    return values
+
+
+def paper_split_pairs(paper_split: pd.DataFrame) -> pd.DataFrame:
+    """Per seed, the accuracy of each arm on the paper's single split and their difference."""
+    paired = paper_split.pivot(index="seed", columns="arm", values="accuracy")
+    return paired.assign(difference=paired["multistage"] - paired["imagenet"])

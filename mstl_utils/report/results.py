@@ -44,6 +44,11 @@ def save_table(table: pd.DataFrame, name: str, results_dir: str | Path) -> Path:
     return repro.atomic_write(Path(results_dir) / name, lambda tmp: table.to_csv(tmp, index=False))
 
 
+def save_tables(tables: dict[str, pd.DataFrame], results_dir: str | Path) -> list[Path]:
+    """Every table of a chapter (file name -> table) into ``results_dir``."""
+    return [save_table(table, name, results_dir) for name, table in tables.items()]
+
+
 def save_json(value: Any, name: str, results_dir: str | Path) -> Path:
     text = json.dumps(value, indent=2, sort_keys=True, default=str) + "\n"
     return repro.atomic_write(Path(results_dir) / name, lambda tmp: tmp.write_text(text))
