@@ -8,6 +8,9 @@ WORKERS ?=
 EXECUTOR ?= local
 CHAPTERS ?=
 ALL     ?=
+SET     ?=
+PARAMS  ?=
+OUT     ?=
 BIN     := $(VENV)/bin
 
 # Data and weights folders are configuration, passed through from the
@@ -33,7 +36,8 @@ study: $(BIN)/.installed notebooks book
 notebooks: $(BIN)/.installed
 	$(BIN)/python -m mstl_utils.study --profile $(PROFILE) --data $(DATA) --executor $(EXECUTOR) \
 		$(if $(ALL),--chapters all,$(if $(CHAPTERS),--chapters "$(CHAPTERS)")) \
-		$(if $(FORCE),--force) $(if $(WORKERS),--workers $(WORKERS))
+		$(if $(FORCE),--force) $(if $(WORKERS),--workers $(WORKERS)) \
+		$(foreach pair,$(SET),--set '$(pair)') $(if $(PARAMS),--params $(PARAMS)) $(if $(OUT),--output $(OUT))
 
 book: $(BIN)/.installed
 	$(BIN)/jupyter-book build . --warningiserror --keep-going --quiet

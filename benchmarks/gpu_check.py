@@ -200,7 +200,7 @@ def paper_tables(check: Check, device: torch.device, table: Table, deadline: flo
         if time.monotonic() > deadline:
             table.skip("paper", "stage 2", "time budget spent")
             return
-        folds, _ = protocol.head_ct_folds(timed)
+        folds, _ = protocol.target_folds(timed)
         fold_runs = [r.spec for r in protocol.plan(timed, folds, arms=("multistage",))][:check.stage2_folds_timed]
         start = time.perf_counter()
         results = ex.run(fold_runs, description="stage 2 (timed folds)")

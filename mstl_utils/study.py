@@ -27,7 +27,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .core import paths, repro
-from .core.config import CORE_CHAPTERS
+from .core.config import CORE_CHAPTERS, SETTINGS, get_profile
 from .report import results
 
 log = logging.getLogger(__name__)
@@ -136,9 +136,11 @@ def execute(
     force: bool = False,
     workers: int | None = None,
     executor: str = "local",
+    settings: dict[str, Any] | None = None,
     root: Path | None = None,
 ) -> Path:
-    """Execute one step with papermill; return the executed notebook's path."""
+    """Execute one step with papermill; return the executed notebook's path. ``settings``: the study's
+    settings (``config.SETTINGS`` names), given to every notebook that declares them."""
     import papermill
 
     root = root or paths.project_root()
@@ -146,9 +148,10 @@ def execute(
     output = Path(output_dir) / step.output
     output.parent.mkdir(parents=True, exist_ok=True)
     nb = nbformat.read(source, as_version=4)
-    accepted = {"profile", "data", "results_dir", "force", "init_from", "data_dir", "workers", "executor"}
+    accepted = {"profile", "data", "results_dir", "force", "init_from", "data_dir", "workers", "executor",
+                *SETTINGS}
     params = {"profile": profile, "data": data, "results_dir": str(results_dir), "force": force, "workers": workers,
-              "executor": executor, **step.parameters}
+              "executor": executor, **(settings or {}), **step.parameters}
     declared = "".join(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     params = {k: v for k, v in params.items() if k in accepted and re.search(rf"^{k}\s*=", declared, re.M)}
     start = time.perf_counter()
@@ -207,9 +210,13 @@ def plan_text(steps: list[Step], *, profile: str, results_dir: str | Path = "boo
 
 def run(profile: str, *, data: str | None = None, output_dir: str | Path = "book",
         results_dir: str | Path = "book/results", force: bool = False, workers: int | None = None,
-        executor: str = "local", chapters: str | list[str] | None = "all") -> list[Path]:
+        executor: str = "local", chapters: str | list[str] | None = "all",
+        settings: dict[str, Any] | None = None) -> list[Path]:
     """Execute the chosen steps in order (``chapters``: see ``select``; default every step); return the executed
-    notebooks. Updates ``study_time.csv`` with the steps executed."""
+    notebooks. ``settings`` change the profile's values in every notebook (checked before anything runs).
+    Updates ``study_time.csv`` with the steps executed."""
+    settings = {k: v for k, v in (settings or {}).items() if v is not None}
+    get_profile(profile, **({"data": data} if data else {}), **settings)  # a bad setting stops here, not mid-study
     steps = select(chapters, output_dir=output_dir)
     measured = estimates(results_dir)
     log.info(plan_text(steps, profile=profile, results_dir=results_dir))
@@ -223,7 +230,7 @@ def run(profile: str, *, data: str | None = None, output_dir: str | Path = "book
         log.info("study: %s (about %.0f min of measured time left)", step.output, left / 60)
         start = time.perf_counter()
         outputs.append(execute(step, profile=profile, data=data, output_dir=output_dir, results_dir=results_dir,
-                               force=force, workers=workers, executor=executor))
+                               force=force, workers=workers, executor=executor, settings=settings))
         times.append({"step": STEPS.index(step) + 1, "notebook": step.output, "seconds": time.perf_counter() - start,
                       "profile": profile, "force": force, "workers": "auto" if workers is None else workers,
                       "finished": repro.now()})
@@ -242,6 +249,29 @@ def run(profile: str, *, data: str | None = None, output_dir: str | Path = "book
     return outputs
 
 
+def parse_settings(pairs: list[str], params_file: str | Path | None = None) -> dict[str, Any]:
+    """Settings from ``NAME=VALUE`` pairs (values read as YAML: numbers, lists, null) and a YAML file; the
+    pairs win. ``make study SET="model=efficientnet_lite0 image_size=160"`` passes each pair."""
+    import yaml
+
+    settings: dict[str, Any] = {}
+    if params_file:
+        loaded = yaml.safe_load(Path(params_file).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{params_file}: expected one 'name: value' per line (a YAML mapping)")
+        settings.update(loaded)
+    for pair in pairs:
+        for item in pair.split() if "[" not in pair else [pair]:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"setting {item!r}: expected NAME=VALUE, e.g. model=efficientnet_lite0")
+            settings[name.strip()] = yaml.safe_load(value)
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown}; expected some of {list(SETTINGS)}")
+    return settings
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="quick", help="smoke | quick | paper (default: quick)")
@@ -258,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="'core' (default: data, stage 1, the paper's setting, cross-validation, results), 'all', "
                              "or step names, e.g. 'gan pruning'")
     parser.add_argument("--plan", action="store_true", help="print what would be executed and stop")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="change a setting of the profile, e.g. --set model=efficientnet_lite0 --set "
+                             "'seeds=[0, 1]' (names: " + ", ".join(SETTINGS) + ")")
+    parser.add_argument("--params", default=None, help="a YAML file of settings (name: value per line)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()
@@ -266,8 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         print(plan_text(select(args.chapters, output_dir=args.output), profile=args.profile, results_dir=results_dir))
         return 0
     try:
+        settings = parse_settings(args.set, args.params)
         run(args.profile, data=args.data, output_dir=args.output, results_dir=results_dir, force=args.force,
-            workers=args.workers, executor=args.executor, chapters=args.chapters)
+            workers=args.workers, executor=args.executor, chapters=args.chapters, settings=settings)
     except (NotebookFailed, ValueError) as error:
         print(f"study stopped: {error}", file=sys.stderr)
         return 1

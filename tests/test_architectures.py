@@ -233,7 +233,7 @@ GLUE_KEYS = {"arch_image_size", "arch_batch", "arch_device", "arch_precision", "
 @pytest.mark.slow
 def test_chapter_reuses_the_protocol_runs_and_writes_its_contract(synthetic_profile):
     profile = synthetic_profile
-    folds, _ = protocol.head_ct_folds(profile)
+    folds, _ = protocol.target_folds(profile)
     crossval = protocol.run_protocol(profile, arms=architectures.ARMS, folds=folds)  # the crossval chapter's runs
     finished = {str(r.run_dir): r.provenance["finished"] for r in crossval}
     plan = architectures.get_plan("smoke", trained_models=["mobilenet_v2", "squeezenet1_1"],

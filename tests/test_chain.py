@@ -72,6 +72,7 @@ def _first_weight(state_dict):
     return next(v for k, v in state_dict.items() if k.endswith("weight"))
 
 
+@pytest.mark.slow
 def test_a_chain_trains_its_links_in_order_and_every_fold_from_the_last(profile):
     plan = chain_mod.get_plan("smoke", chain=" -> ".join(CHAIN))
     found = chain_mod.run(profile, plan, workers=1)

@@ -56,6 +56,7 @@ KILLED_CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_and_ends_bit_for_bit_like_an_uninterrupted_one(profile, tmp_path, monkeypatch):
     killed_root = tmp_path / "killed"
     env = {**os.environ, "MSTL_RUNS_DIR": str(killed_root), "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -82,6 +83,7 @@ def test_killed_run_resumes_and_ends_bit_for_bit_like_an_uninterrupted_one(profi
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_resume_state_of_other_settings_is_not_used(profile):
     spec = scratch_spec(profile)
     run = lifecycle.run(spec)
@@ -95,6 +97,7 @@ def test_resume_state_of_other_settings_is_not_used(profile):
     pd.testing.assert_frame_equal(again.predictions, run.predictions)
 
 
+@pytest.mark.slow
 def test_state_is_saved_only_when_due(profile, monkeypatch):
     """Per-epoch state costs a checkpoint write (27 MB for MobileNetV2): only every $MSTL_STATE_EVERY seconds."""
     short = profile.replace(stage2={"num_epochs": 2})
@@ -107,6 +110,7 @@ def test_state_is_saved_only_when_due(profile, monkeypatch):
         lifecycle.state_every()
 
 
+@pytest.mark.slow
 def test_two_runs_with_the_same_seed_are_identical_in_deterministic_mode(profile):
     assert profile.deterministic
     spec = RunSpec(name="stage2_imagenet", stage="stage2", profile=profile, init="imagenet", seed=3)
@@ -173,8 +177,9 @@ def test_a_spec_names_its_folder_and_a_changed_setting_gets_another(profile):
         RunSpec(name="stage2_x", stage="stage2", profile=profile, init="stage1")
 
 
+@pytest.mark.slow
 def test_a_chained_run_names_its_upstream_and_is_trained_after_it(profile):
-    folds, _ = protocol.head_ct_folds(profile)
+    folds, _ = protocol.target_folds(profile)
     split = protocol.splits(folds)[0]
     fold = protocol.fold_spec(profile.replace(stage2={"num_epochs": 1}), "multistage", split)
     bridge = fold.init
@@ -194,6 +199,7 @@ def test_a_chained_run_names_its_upstream_and_is_trained_after_it(profile):
 # --------------------------------------------------------------------------- executors
 
 
+@pytest.mark.slow
 def test_runs_side_by_side_give_complete_runs_in_job_order(profile, monkeypatch):
     specs = [scratch_spec(profile.replace(stage2={"num_epochs": 1}), seed=seed) for seed in (0, 1, 2)]
     results = executors.run_specs(specs, workers=2)
@@ -217,6 +223,7 @@ def test_runs_side_by_side_give_complete_runs_in_job_order(profile, monkeypatch)
     assert [(r.run_dir / "metrics.json").stat().st_mtime_ns == s for r, s in zip(redone, stamps)] == [True, False, True]
 
 
+@pytest.mark.slow
 def test_a_failing_run_among_several_names_its_run(profile):
     broken = profile.replace(stage2={"dataset": "no_such_dataset", "num_epochs": 1})
     specs = [scratch_spec(broken, seed=seed) for seed in (0, 1)]
@@ -250,6 +257,7 @@ STUDY_CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_studies_on_one_runs_folder_train_each_run_exactly_once(profile, tmp_path):
     env = {**os.environ, "MSTL_RUNS_DIR": str(tmp_path / "shared"), "PYTHONPATH": os.pathsep.join(sys.path)}
     children = [subprocess.Popen([sys.executable, "-c", STUDY_CHILD, order], env=env, stderr=subprocess.PIPE,

@@ -67,6 +67,7 @@ def smoke_book(tmp_path_factory):
     return site, outputs
 
 
+@pytest.mark.slow
 def test_smoke_study_executes_every_notebook(smoke_book):
     site, outputs = smoke_book
     assert [p.name for p in outputs] == [s.output for s in study.STEPS]
@@ -97,6 +98,7 @@ def test_smoke_study_executes_every_notebook(smoke_book):
         assert not ABSOLUTE.search(text), f"{path.name} leaks an absolute path"
 
 
+@pytest.mark.slow
 def test_book_builds_from_the_smoke_run(smoke_book):
     site, _ = smoke_book
     jb = Path(sys.executable).with_name("jupyter-book")

@@ -24,7 +24,7 @@ def _first_weight(state_dict: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def test_plan_pairs_every_arm_on_every_fold_with_shared_seeds(profile):
-    folds, origin = protocol.head_ct_folds(profile)
+    folds, origin = protocol.target_folds(profile)
     assert "made for real data" in origin  # 30 synthetic images do not match the committed file
     runs = protocol.plan(profile, folds)
     assert len(runs) == len(config.ARM_INIT) * profile.cv_folds * profile.cv_repeats
@@ -43,12 +43,13 @@ def test_plan_pairs_every_arm_on_every_fold_with_shared_seeds(profile):
         protocol.plan(profile, folds, arms=("imagenet", "bridge"))
 
 
+@pytest.mark.slow
 def test_chained_arms_start_from_their_bridge_checkpoint(profile):
     bridge = {name: lifecycle.run(protocol.bridge_spec(profile, init=init, seed=1))
               for name, init in config.STAGE1_INIT.items()}
     saved = {name: _first_weight(train.load_checkpoint(r.run_dir / "checkpoint.pt")["state_dict"])
              for name, r in bridge.items()}
-    folds, _ = protocol.head_ct_folds(profile)
+    folds, _ = protocol.target_folds(profile)
     split = [s for s in protocol.splits(folds) if s.repeat == 1][0]
     for arm in ("multistage", "bridge_only"):
         spec = protocol.fold_spec(profile, arm, split)
@@ -59,9 +60,10 @@ def test_chained_arms_start_from_their_bridge_checkpoint(profile):
     assert not torch.equal(_first_weight(scratch.state_dict()), saved["stage1"])
 
 
+@pytest.mark.slow
 def test_protocol_writes_paired_contract_tables(profile):
     results = protocol.run_protocol(profile, arms=("imagenet", "multistage"))
-    folds, _ = protocol.head_ct_folds(profile)
+    folds, _ = protocol.target_folds(profile)
     table = protocol.fold_table(results)
     assert list(table.columns) == protocol.FOLD_RESULT_COLUMNS
     assert len(table) == 2 * profile.cv_folds * profile.cv_repeats
@@ -149,6 +151,7 @@ def test_verdict_is_written_from_the_numbers(fold_results):
         analysis.verdict(tests, arm_a="multistage", arm_b="nothing")
 
 
+@pytest.mark.slow
 def test_force_reruns_the_folds_but_reuses_complete_bridges(profile):
     profile = profile.replace(cv_repeats=1)
     first = protocol.run_protocol(profile, arms=("multistage",))

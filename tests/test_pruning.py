@@ -113,8 +113,9 @@ def test_masks_survive_save_and_load(tmp_path):
     checkpoint = train.load_checkpoint(path)
     loaded, _ = sparsity.load_pruned(checkpoint)
     loaded.eval()
+    reloaded = sparsity.effective_state(loaded)
     for key, value in sparsity.effective_state(model).items():
-        assert torch.equal(sparsity.effective_state(loaded)[key], value), key
+        assert torch.equal(reloaded[key], value), key
     assert all(torch.equal(sparsity.masks_of(loaded)[k], v) for k, v in sparsity.masks_of(model).items())
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
@@ -185,6 +186,9 @@ def test_paired_differences_to_the_dense_model():
     row = paired.iloc[0]
     assert (row["method"], row["round"]) == ("imp", 1)
     assert row["mean_diff"] == pytest.approx(-0.1) and row["ci_low"] == row["ci_high"] == pytest.approx(-0.1)
+    one_fold = pruning.paired_to_dense(pd.DataFrame([r for r in rows if r["fold"] == 0]), n_train=100, n_test=25)
+    assert list(one_fold.columns) == pruning.TEST_COLUMNS  # one fold: the difference, its test undefined
+    assert one_fold["mean_diff"].iloc[0] == pytest.approx(-0.1) and one_fold[["ci_low", "p_value"]].isna().all().all()
 
 
 def test_plans_name_every_profile_and_fit_the_registry():
@@ -208,7 +212,7 @@ def test_plans_name_every_profile_and_fit_the_registry():
 
 def test_rounds_are_specs_that_rewind_to_the_dense_runs_start(synthetic_root):
     profile = config.get_profile("smoke")
-    folds, _ = protocol.head_ct_folds(profile, data_dir=synthetic_root)
+    folds, _ = protocol.target_folds(profile, data_dir=synthetic_root)
     configs = pruning.get_plan("smoke").configs()
     plan = pruning.plan_study(profile, configs, arm="multistage", folds=folds, max_folds=1, data_dir=synthetic_root)
     dense = plan.dense[0]
@@ -240,7 +244,7 @@ def test_rounds_are_specs_that_rewind_to_the_dense_runs_start(synthetic_root):
 
 def test_clear_errors_for_bad_arms_and_missing_splits(synthetic_root):
     profile = config.get_profile("smoke")
-    folds, _ = protocol.head_ct_folds(profile, data_dir=synthetic_root)
+    folds, _ = protocol.target_folds(profile, data_dir=synthetic_root)
     imp = pruning.PruneConfig(rate=0.5, rounds=1)
     with pytest.raises(ValueError, match="stage-1 pruning starts from"):
         pruning.plan_stage1(profile, [imp], arm="multistage")
@@ -329,8 +333,7 @@ def test_round_runs_are_engine_runs_reused_and_tabled(smoke_runs, synthetic_root
             "prune_latency_ratio", "prune_second_text", "prune_stage1_text", "prune_minutes", "prune_trainings",
             "prune_report_rule", "prune_reported_text"} <= set(values)
     assert values["prune_trainings"] == 5 and values["prune_n_folds"] == 1
-    assert isinstance(values["prune_stage1_text"], pruning.MarkdownText)
-    assert values["prune_stage1_text"].startswith("Not measured")
+    assert values["prune_stage1_text"].data.startswith("Not measured")  # markdown, for {glue:md}
     val = pruning.validation_table(study)
     assert len(val) == 6 and val["val_accuracy"].between(0, 1).all()
     means = val.groupby(["method", "round"])["val_accuracy"].mean()
@@ -359,7 +362,7 @@ def test_a_killed_imp_chain_continues_at_its_missing_round(smoke_runs, synthetic
     (round2.run_dir / lifecycle.MARKER_FILE).unlink()
     assert not lifecycle.is_complete(new2.result.spec)
     pruning.run_pruning(config.get_profile("smoke"), [pruning.PruneConfig(rate=0.5, rounds=2)], arm="scratch",
-                        folds=protocol.head_ct_folds(config.get_profile("smoke"), data_dir=str(synthetic_root))[0],
+                        folds=protocol.target_folds(config.get_profile("smoke"), data_dir=str(synthetic_root))[0],
                         max_folds=1, data_dir=str(synthetic_root), workers=1)
     assert lifecycle.is_complete(new2.result.spec)
     assert _markers(runs)[str(round1.run_dir.relative_to(runs) / lifecycle.MARKER_FILE)] == before[

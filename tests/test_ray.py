@@ -39,7 +39,7 @@ def profile(synthetic_root, monkeypatch):
 
 def test_ray_gives_the_local_executors_tables(cluster, profile, tmp_path):
     arms = ("imagenet", "multistage")
-    folds, _ = protocol.head_ct_folds(profile)
+    folds, _ = protocol.target_folds(profile)
     local = protocol.run_protocol(profile, arms=arms, folds=folds,
                                   executor=executors.LocalExecutor(runs_root=tmp_path / "local"))
     cluster.runs_root = (tmp_path / "ray").resolve()

@@ -53,7 +53,7 @@ def test_protocol_uses_the_committed_folds_for_the_real_data(real_data_dir):
 
     for name in ("quick", "paper"):
         profile = config.get_profile(name, data="real")
-        used, origin = protocol.head_ct_folds(profile, data_dir=real_data_dir)
+        used, origin = protocol.target_folds(profile, data_dir=real_data_dir)
         assert origin == "data/folds/head_ct_folds.csv"
         committed = folds.read_folds(paths.project_root() / protocol.FOLDS_FILE)
         assert used.equals(committed[committed["repeat"] < profile.cv_repeats].reset_index(drop=True))

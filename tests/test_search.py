@@ -51,7 +51,7 @@ def test_search_space_and_tuned_profile(profile):
 
 
 def test_study_names_change_with_what_a_study_depends_on(profile):
-    folds, _ = protocol.head_ct_folds(profile)
+    folds, _ = protocol.target_folds(profile)
     s = search.get_search("smoke")
     studies = search.plan_studies(profile, s, folds)
     names = [p.name for p in studies]
@@ -82,7 +82,7 @@ def test_a_worker_needs_the_bridge_checkpoints(profile):
 
 
 def test_a_worker_that_plans_other_studies_stops(profile, tmp_path):
-    folds, _ = protocol.head_ct_folds(profile)
+    folds, _ = protocol.target_folds(profile)
     s = search.get_search("smoke", arms=("imagenet",))
     names = tuple(p.name for p in search.plan_studies(profile, s, folds))
     task = search.WorkerTask(profile, s, f"sqlite:///{tmp_path / 'x.db'}", 0, folds, None,
@@ -110,7 +110,7 @@ def _copy_with_other_test_fold(source, target, test_ids, *, change_training_imag
 def test_trials_never_see_the_test_fold(profile, synthetic_root, tmp_path, monkeypatch):
     """Trial scores must not change when the test fold's images and labels do, and must
     change when one training image does (so the comparison can detect a leak)."""
-    folds, _ = protocol.head_ct_folds(profile)
+    folds, _ = protocol.target_folds(profile)
     folds = _first_fold(folds)
     s = search.get_search("smoke", arms=("imagenet",), n_trials=2, startup_trials=2)
     first = search.plan_studies(profile, s, folds)[0]
@@ -147,7 +147,7 @@ def _tasks(profile, s, storage, folds, n):
 @pytest.mark.slow
 def test_two_worker_processes_fill_one_sqlite_storage(profile, tmp_path):
     """Two search workers, processes of the local executor's ``map``, share one SQLite study."""
-    folds = _first_fold(protocol.head_ct_folds(profile)[0])
+    folds = _first_fold(protocol.target_folds(profile)[0])
     s = search.get_search("smoke", arms=("imagenet",), n_trials=4)
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     with multiprocessing.get_context("spawn").Manager() as manager:
@@ -170,7 +170,7 @@ def test_search_workers_run_as_ray_tasks(profile, tmp_path, monkeypatch):
     """With the Ray executor the search's workers are Ray tasks writing into the same storage."""
     pytest.importorskip("ray")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    folds = _first_fold(protocol.head_ct_folds(profile)[0])
+    folds = _first_fold(protocol.target_folds(profile)[0])
     s = search.get_search("smoke", arms=("imagenet",), n_trials=2, startup_trials=2)
     storage = f"sqlite:///{tmp_path / 'ray.db'}"
     with executors.get_executor("ray", num_cpus=2) as ex:

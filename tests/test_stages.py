@@ -19,6 +19,7 @@ def profile(synthetic_root, monkeypatch):
     return config.get_profile("smoke", data="real")
 
 
+@pytest.mark.slow
 def test_stage1_then_multistage_chain(profile):
     first = lifecycle.run(protocol.bridge_spec(profile))
     assert list(first.history.columns) == ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"]
@@ -36,6 +37,7 @@ def test_stage1_then_multistage_chain(profile):
     assert 0.0 <= chained.metrics["accuracy"] <= 1.0 and chained.metrics["n"] == len(chained.predictions)
 
 
+@pytest.mark.slow
 def test_complete_run_is_reused_and_changed_settings_rerun_in_their_own_folder(profile):
     spec = RunSpec(name="stage2_scratch", stage="stage2", profile=profile, init="scratch")
     first = lifecycle.run(spec)
@@ -47,6 +49,7 @@ def test_complete_run_is_reused_and_changed_settings_rerun_in_their_own_folder(p
     assert (first.run_dir / "metrics.json").stat().st_mtime_ns == stamp  # the default run untouched
 
 
+@pytest.mark.slow
 def test_same_seed_same_result(profile):
     spec = RunSpec(name="stage2_scratch", stage="stage2", profile=profile, init="scratch")
     a = lifecycle.run(spec)
@@ -86,6 +89,7 @@ def test_atomic_write_leaves_nothing_half_written(tmp_path):
     assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
 
 
+@pytest.mark.slow
 def test_chained_run_reruns_when_its_starting_checkpoint_changes(profile):
     bridges = [lifecycle.run(protocol.bridge_spec(profile, seed=seed)) for seed in (0, 1)]
     spec = protocol.paper_split_spec(profile, "multistage", seed=0)

@@ -23,6 +23,7 @@ import types
 from pathlib import Path
 from unittest.mock import MagicMock
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -40,6 +41,8 @@ HEREDOC = re.compile(r"python - <<'EOF'\n(.*?)\nEOF", re.S)
 CHANGE = re.compile(r'^# (?:In (mstl_utils/\w+\.py), after the line "(.+)"|At the end of (mstl_utils/\w+\.py)):$')
 #: A quoted measurement: "<seconds> s in `<file>`" or "`<notebook>`: <seconds> s in `<file>`".
 CITED = re.compile(r"(?:`(\w+\.ipynb)`:\s+)?(\d+(?:\.\d+)?)\s+s\s+in\s+`((?:book/results|runs)/[\w/.-]+)`")
+#: A quoted run time: "<seconds> s for `<run name>` seed <k> in `book/results/provenance.json`".
+CITED_RUN = re.compile(r"(\d+(?:\.\d+)?)\s+s\s+for\s+`(\w+)`\s+seed\s+(\d+)\s+in\s+`book/results/provenance\.json`")
 #: Measured times may drift between studies; beyond this the page is stale.
 TOLERANCE = 0.25
 CONFIG_CLASSES = {"Profile": config.Profile, "StageConfig": config.StageConfig, "SearchConfig": search.SearchConfig}
@@ -208,11 +211,19 @@ def test_exercise_commands_name_real_notebooks_and_options(exercise):
             if any(w.endswith("papermill") for w in words):
                 notebook = next(w for w in words if w.endswith(".ipynb") and w.startswith("notebooks/"))
                 params = _notebook_parameters(ROOT / notebook)
+                given = {}
                 for i, word in enumerate(words):
                     if word == "-p":
-                        name, value = words[i + 1], words[i + 2]
-                        assert name in params, f"{notebook} has no parameter {name!r}"
-                        assert name != "profile" or value in config.PROFILES, value
+                        given[words[i + 1]] = words[i + 2]
+                    elif word == "-y":
+                        given.update(yaml.safe_load(words[i + 1]))
+                for name, value in given.items():
+                    assert name in params, f"{notebook} has no parameter {name!r}"
+                    assert name != "profile" or value in config.PROFILES, value
+                # The settings a command changes are ones a profile takes, with values it accepts.
+                settings = {k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in given.items()
+                            if k in config.SETTINGS and k not in ("bridge", "target")}
+                config.get_profile(given.get("profile", "quick"), **settings)
             if "-m" in words:
                 module = words[words.index("-m") + 1]
                 source = (ROOT / (module.replace(".", "/") + ".py")).read_text()
@@ -243,8 +254,8 @@ def test_exercise_scripts_call_real_functions(exercise):
 
 
 def test_architecture_exercise_uses_a_registered_model():
-    exercise = next(e for e in EXERCISES if "Profile.model" in (e["parameter"] or ""))
-    named = re.findall(r'model="(\w+)"', exercise["body"])
+    exercise = next(e for e in EXERCISES if "`model`" in (e["parameter"] or ""))
+    named = re.findall(r"-p model (\w+)", exercise["body"])
     assert named and all(name in models.MODELS for name in named), named
     model, info = models.build_model(named[0], num_classes=2, init="scratch")
     assert info.source == "random" and model(torch.rand(2, 1, 64, 64)).shape == (2, 2)
@@ -256,9 +267,9 @@ def test_strategy_exercise_names_real_strategies_that_freeze():
     from mstl_utils.models import transfer
 
     exercise = next(e for e in EXERCISES if "strategy" in (e["parameter"] or ""))
-    named = re.findall(r'`"(\w+)"`', exercise["parameter"]) + re.findall(r'strategy="(\w+)"', exercise["body"])
+    named = re.findall(r'`"(\w+)"`', exercise["parameter"]) + re.findall(r"-p strategy (\w+)", exercise["body"])
     assert named and all(name in transfer.STRATEGIES for name in named), named
-    script = re.findall(r'strategy="(\w+)"', exercise["body"])[0]
+    script = re.findall(r"-p strategy (\w+)", exercise["body"])[0]
     torch.manual_seed(0)
     model, _ = models.build_model("mobilenet_v2", num_classes=2, init="scratch")
     groups = transfer.apply(model, "mobilenet_v2", script, lr=1e-2)
@@ -295,15 +306,25 @@ def test_study_times_agree_with_study_time_csv():
 
 
 def test_run_times_agree_with_the_runs():
-    runs = Path(os.environ.get("MSTL_TEACH_RUNS", ROOT / "runs"))  # the conftest points MSTL_RUNS_DIR at tmp
-    cited = [(s, file) for _, s, file in _citations() if file.startswith("runs/")]
-    assert cited
-    if not (runs / "quick").is_dir():
-        pytest.skip(f"no quick runs in {runs}")
-    for seconds, file in cited:
-        metrics = json.loads((runs / file.removeprefix("runs/")).read_text())
-        wall = metrics["provenance"]["wall_seconds"]
-        assert abs(seconds - wall) <= TOLERANCE * wall, f"{file}: the page says {seconds} s, the run took {wall:.1f} s"
+    """Run times quoted from provenance.json (by run name and seed) and from chapter tables (a time column, or
+    the sum of a fold's rounds' train_seconds) are what those files hold, within the tolerance."""
+    text = TEACH.read_text()
+    runs = json.loads((ROOT / "book" / "results" / "provenance.json").read_text())["runs"]
+    quoted = [(float(s), name, int(seed)) for s, name, seed in CITED_RUN.findall(text)]
+    assert quoted, "no run time quoted from book/results/provenance.json"
+    for seconds, name, seed in quoted:
+        found = [r["wall_seconds"] for r in runs if r["name"] == name and r["seed"] == seed and not r.get("split")]
+        assert found, f"{name} seed {seed} is not a run of book/results/provenance.json"
+        assert abs(seconds - found[0]) <= TOLERANCE * found[0], f"{name} seed {seed}: the page says {seconds} s, the run took {found[0]:.1f} s"
+    tables = [(s, file) for _, s, file in _citations() if file.endswith(".csv") and file != "book/results/study_time.csv"]
+    for seconds, file in tables:
+        table = pd.read_csv(ROOT / file)
+        values = [v for c in table.columns if "seconds" in c for v in table[c].dropna()]
+        values += [60 * v for c in table.columns if c == "minutes" for v in table[c].dropna()]
+        if "train_seconds" in table.columns and "round" in table.columns:
+            keys = [c for c in ("model", "method", "repeat", "fold") if c in table.columns]
+            values += table.groupby(keys)["train_seconds"].sum().tolist()
+        assert any(abs(seconds - v) <= TOLERANCE * v for v in values), f"{file}: no time near {seconds} s in it"
 
 
 # --------------------------------------------------------------------------- glossary and launch buttons

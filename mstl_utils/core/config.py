@@ -51,6 +51,7 @@ class Profile:
     cv_repeats: int = 10  # head-CT protocol: repeats of the k-fold (repeat r trains with seed r)
     num_threads: int | None = None  # torch CPU threads (None = torch's default)
     deterministic: bool = True  # torch deterministic algorithms; costs little on CPU
+    strategy: str = "full"  # transfer strategy of the target runs (mstl_utils.models.transfer): what stage 2 trains
     device: str = "auto"  # where runs train: "auto" (the GPU when there is one), "cpu", "cuda", "cuda:1"
     precision: str = "auto"  # training numerics: "auto" (bf16 autocast on GPU, fp32 on CPU), "fp32", "bf16"
     compile: bool = False  # torch.compile the model (measured slower on the 2-core CI CPU: benchmark appendix)
@@ -136,16 +137,103 @@ def stage1_name(init_from: str) -> str:
     raise ValueError(f"init_from={init_from!r}; a bridge stage starts from one of {sorted(STAGE1_INIT.values())}")
 
 
+#: The study's settings by their flat names -- notebook parameters and ``make study SET="name=value"`` --
+#: and where each lives in a profile. A value of None means "the profile's".
+SETTINGS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "data": (("data",),),
+    "model": (("model",),),
+    "image_size": (("image_size",),),
+    "bridge": (("stage1", "dataset"),),  # the stage-1 dataset: a name or an ImageFolder folder
+    "target": (("stage2", "dataset"),),  # the stage-2 dataset: a name or an ImageFolder folder
+    "stage1_epochs": (("stage1", "num_epochs"),),
+    "stage2_epochs": (("stage2", "num_epochs"),),
+    "stage1_batch_size": (("stage1", "batch_size"),),
+    "stage2_batch_size": (("stage2", "batch_size"),),
+    "stage1_lr": (("stage1", "lr"),),
+    "stage2_lr": (("stage2", "lr"),),
+    "weight_decay": (("stage1", "weight_decay"), ("stage2", "weight_decay")),
+    "seeds": (("seeds",),),
+    "cv_folds": (("cv_folds",),),
+    "cv_repeats": (("cv_repeats",),),
+    "strategy": (("strategy",),),
+    "device": (("device",),),
+    "precision": (("precision",),),
+}
+
+#: Numeric precisions of the training step (see ``mstl_utils.engine.train``).
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def _setting_error(name: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"setting {name}={value!r} is not allowed; expected {allowed}")
+
+
+def check(profile: Profile) -> Profile:
+    """Stop on a setting no run could use, naming it, its value and what is allowed (before any training).
+    Names that need the layers above (models, strategies, datasets) are checked there
+    (``mstl_utils.experiments.protocol.study_profile``)."""
+    if profile.data not in DATA_MODES:
+        raise _setting_error("data", profile.data, f"one of {list(DATA_MODES)}")
+    if not isinstance(profile.image_size, int) or profile.image_size < 32:
+        raise _setting_error("image_size", profile.image_size, "a whole number of pixels >= 32")
+    for stage in ("stage1", "stage2"):
+        cfg: StageConfig = getattr(profile, stage)
+        if not isinstance(cfg.num_epochs, int) or cfg.num_epochs < 1:
+            raise _setting_error(f"{stage}_epochs", cfg.num_epochs, "a whole number >= 1")
+        if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+            raise _setting_error(f"{stage}_batch_size", cfg.batch_size, "a whole number >= 1")
+        if not cfg.lr > 0:
+            raise _setting_error(f"{stage}_lr", cfg.lr, "a learning rate > 0")
+        if cfg.weight_decay < 0:
+            raise _setting_error("weight_decay", cfg.weight_decay, "a penalty >= 0")
+    if profile.stage1.dataset == profile.stage2.dataset:
+        raise _setting_error("bridge", profile.stage1.dataset, f"a dataset other than the target ({profile.stage2.dataset!r}): "
+                             "a bridge that is the target is not a bridge")
+    if not profile.seeds or any(not isinstance(seed, int) or seed < 0 for seed in profile.seeds):
+        raise _setting_error("seeds", list(profile.seeds), "a non-empty list of whole numbers >= 0")
+    if not isinstance(profile.cv_folds, int) or profile.cv_folds < 2:
+        raise _setting_error("cv_folds", profile.cv_folds, "a whole number >= 2")
+    if not isinstance(profile.cv_repeats, int) or profile.cv_repeats < 1:
+        raise _setting_error("cv_repeats", profile.cv_repeats, "a whole number >= 1")
+    if profile.precision not in PRECISIONS:
+        raise _setting_error("precision", profile.precision, f"one of {list(PRECISIONS)}")
+    if not (profile.device in ("auto", "cpu", "cuda", "mps") or str(profile.device).startswith("cuda:")):
+        raise _setting_error("device", profile.device, "'auto', 'cpu', 'cuda', 'cuda:<n>' or 'mps'")
+    return profile
+
+
 def get_profile(name: str, **changes: Any) -> Profile:
-    """The profile called ``name``, with optional changes (see ``Profile.replace``)."""
+    """The profile called ``name`` with ``changes``: flat settings (``SETTINGS``: ``model="efficientnet_lite0"``,
+    ``stage1_epochs=10``, ``bridge="chest_xray3"``; None keeps the profile's value) or the profile's own fields
+    (``stage1={"lr": 1e-4}``, see ``Profile.replace``). An unknown name or a value no run could use stops here."""
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; expected one of {sorted(PROFILES)}")
     profile = PROFILES[name]
-    if changes:
-        profile = profile.replace(**changes)
-    if profile.data not in DATA_MODES:
-        raise ValueError(f"data={profile.data!r}; expected one of {DATA_MODES}")
-    return profile
+    fields = {f.name for f in dataclasses.fields(Profile)} - {"name"}
+    direct: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in changes.items():
+        if value is None:
+            continue
+        if key in SETTINGS:
+            if key == "seeds":
+                value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+            for path in SETTINGS[key]:
+                if len(path) == 1:
+                    direct[path[0]] = value
+                else:
+                    nested.setdefault(path[0], {})[path[1]] = value
+        elif key in fields:
+            if key in ("stage1", "stage2") and isinstance(value, dict):
+                nested.setdefault(key, {}).update(value)
+            else:
+                direct[key] = value
+        else:
+            raise ValueError(f"unknown setting {key!r}; expected one of {sorted(SETTINGS)} (or a field of Profile: "
+                             f"{sorted(fields - set(SETTINGS))})")
+    if direct or nested:
+        profile = profile.replace(**direct, **nested)
+    return check(profile)
 
 
 def profile_from_dict(values: dict[str, Any]) -> Profile:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm  # the console bar; disable=None hides it off a terminal (notebooks)
 
+from ..core import config
 from ..core.repro import atomic_write  # re-exported: checkpoints and results share one mechanism
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 #: Numeric precisions of the training step. "auto": bf16 autocast on a GPU, fp32 on
 #: the CPU, where bf16 autocast measured slower on the project's CI machine (the
 #: benchmark appendix has the figures).
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = config.PRECISIONS
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:

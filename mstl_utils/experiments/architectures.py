@@ -256,7 +256,7 @@ def run(profile: Profile, plan: ArchitecturePlan, *, executor: str | executors.E
     ``force`` trains this chapter's fold runs again, never the protocol's own runs of the profile's model
     (the crossval notebook owns them) nor the bridges. ``cost_settings``: None, the profile's."""
     if folds is None:
-        folds, _ = protocol.head_ct_folds(profile, data_dir=data_dir)
+        folds, _ = protocol.target_folds(profile, data_dir=data_dir)
     plan_ = plan
     groups = chapter_plan(profile, plan_, folds, data_dir=data_dir)
     specs = list({str(s.relpath): s for group in groups.values() for s in group}.values())
@@ -264,7 +264,7 @@ def run(profile: Profile, plan: ArchitecturePlan, *, executor: str | executors.E
     shared = [s for s in specs if str(s.relpath) in own_protocol]
     own = [s for s in specs if str(s.relpath) not in own_protocol]
     bridges = list({str(u.relpath): u for s in specs for u in s.upstream()}.values())
-    with executors.get_executor(executor, workers=workers) as ex:
+    with executors.using(executor, workers=workers) as ex:
         done = {str(s.relpath): r for s, r in zip(bridges + shared, ex.run(bridges + shared,
                                                                          description="bridges and protocol runs"))}
         done.update({str(s.relpath): r for s, r in zip(own, ex.run(own, force=force,
@@ -284,7 +284,7 @@ def run_architecture(profile: Profile, model: str, *, arms: tuple[str, ...] = AR
                      workers: int | None = None, force: bool = False) -> list[RunResult]:
     """Train (or reuse) one model's fold runs with one strategy (its bridges first); return them in plan order."""
     if folds is None:
-        folds, _ = protocol.head_ct_folds(profile, data_dir=data_dir)
+        folds, _ = protocol.target_folds(profile, data_dir=data_dir)
     runs = plan(profile, model, folds, arms=arms, strategy=strategy, seeds=seeds, data_dir=data_dir)
     return executors.run_specs([r.spec for r in runs], executor=executor, workers=workers, force=force,
                                description=f"{model} {strategy} fold runs")

@@ -412,7 +412,7 @@ def executor_comparison(profile: Profile, *, n_runs: int = 8, ray_cpus: int | No
         ray_version = ray.__version__
     except ImportError:
         ray_version = ""
-    folds, _ = protocol.head_ct_folds(profile)
+    folds, _ = protocol.target_folds(profile)
     specs = [r.spec for r in protocol.plan(profile, folds, arms=("imagenet",))][:n_runs]
     rows = []
 

@@ -134,7 +134,7 @@ def run(profile: Profile, plan: ChainPlan, *, folds: pd.DataFrame | None = None,
     protocol's ``imagenet`` and ``multistage`` arms on the same folds (trained when missing)."""
     chain = parse(plan.chain)
     if folds is None:
-        folds, _ = protocol.head_ct_folds(profile, data_dir=data_dir)
+        folds, _ = protocol.target_folds(profile, data_dir=data_dir)
     links = {seed: link_specs(profile, chain, seed=seed, data_dir=data_dir) for seed in plan.seeds}
     targets = fold_specs(profile, chain, folds, seeds=plan.seeds, data_dir=data_dir)
     paired = [r.spec for r in protocol.plan(profile, folds, arms=("imagenet", "multistage"), data_dir=data_dir)]

@@ -327,7 +327,7 @@ def run_colour_folds(profile: Profile, *, repeat: int = 0, folds: pd.DataFrame |
                      workers: int | None = None, force: bool = False) -> list[RunResult]:
     """Train (or reuse) the colour fold runs of ``repeat`` (``colour_specs``); ``force`` trains them again."""
     if folds is None:
-        folds, _ = protocol.head_ct_folds(profile, data_dir=data_dir)
+        folds, _ = protocol.target_folds(profile, data_dir=data_dir)
     return executors.run_specs(colour_specs(profile, folds, repeat=repeat, data_dir=data_dir), executor=executor,
                                workers=workers, force=force, description="colour fold runs")
 
@@ -609,7 +609,7 @@ def run(profile: Profile, plan: ExplainPlan, *, executor: str | executors.Execut
     The protocol's fold runs of the plan's arms and repeats and the bridge of the first repeat are
     trained when missing (``force`` never retrains them); the colour fold runs are trained when
     missing, again with ``force``. Every image is explained by the run that tested it."""
-    folds, _ = protocol.head_ct_folds(profile, data_dir=data_dir)
+    folds, _ = protocol.target_folds(profile, data_dir=data_dir)
     known = sorted(int(r) for r in folds["repeat"].unique())
     missing = sorted({*plan.repeats, plan.colour} - set(known))
     if missing:

@@ -851,7 +851,7 @@ def run(profile: Profile, config: GANConfig, *, tasks: tuple[str, ...] | list[st
                   for task in tasks for aug in augmentations if (task, aug) not in skip}
         carried = tuple(aug for aug in stage2_augmentations
                         if _stage2_left_out("chest_xray" in tasks, aug, augmentations, skip) is None)
-        folds, _ = protocol.head_ct_folds(profile, data_dir=data_dir)
+        folds, _ = protocol.target_folds(profile, data_dir=data_dir)
         variant_folds = [s for aug in carried
                          for s in fold_specs(profile, wanted["chest_xray", aug], folds, data_dir=data_dir)]
         baseline_specs = [r.spec for r in protocol.plan(profile, folds, arms=("multistage",), data_dir=data_dir)]

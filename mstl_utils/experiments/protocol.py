@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..core import paths
+from ..core import config, paths
 from ..core.config import ARM_INIT, STAGE1_INIT, Profile
 from ..data import datasets as data_mod, folds as folds_mod
 from ..data.folds import Split
 from ..engine import executors, lifecycle
 from ..engine.lifecycle import RunResult
 from ..engine.spec import RunSpec
+from ..models import registry as models, transfer
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,27 @@ FOLD_RESULT_COLUMNS = ["arm", "repeat", "fold", "seed", "n_train", "n_test", "ac
                        "specificity", "f1", "balanced_accuracy", "profile"]
 #: Columns of ``stage2_oof.csv``: the out-of-fold probability of hemorrhage for every image and repeat.
 OOF_COLUMNS = ["arm", "repeat", "image_id", "label", "prob"]
+
+
+def study_profile(profile: str, **settings) -> Profile:
+    """``config.get_profile(profile, **settings)`` (None: the profile's value) with the checks only the layers
+    above the core can make, before any training: a registered model, a known transfer strategy, bridge and
+    target datasets that are dataset names or ImageFolder folders. Each error names the setting, its value
+    and what is allowed."""
+    study = config.get_profile(profile, **settings)
+    if study.model not in models.MODELS:
+        raise ValueError(f"setting model={study.model!r} is not allowed; expected one of {sorted(models.MODELS)}")
+    if study.strategy not in transfer.STRATEGIES:
+        raise ValueError(f"setting strategy={study.strategy!r} is not allowed; expected one of {sorted(transfer.STRATEGIES)}")
+    for name, dataset in (("bridge", study.stage1.dataset), ("target", study.stage2.dataset)):
+        if dataset in data_mod.DATASETS:
+            continue
+        folder = Path(dataset).expanduser()
+        if not folder.is_dir():
+            raise ValueError(f"setting {name}={dataset!r} is not allowed; expected a dataset name "
+                             f"{sorted(data_mod.DATASETS)} or the folder of an ImageFolder dataset")
+        data_mod.read_image_folder(folder)  # a DataFormatError says what was found instead
+    return study
 
 
 def bridge_spec(profile: Profile, *, init: str = "imagenet", seed: int = 0, data_dir: str | Path | None = None,
@@ -85,33 +107,47 @@ class FoldRun:
         return self.spec.name
 
 
-def head_ct_folds(profile: Profile, *, data_dir: str | Path | None = None, folds_file: str | Path | None = None,
-                  runs_root: str | Path | None = None) -> tuple[pd.DataFrame, str]:
-    """The folds of this profile's head-CT data, and where they came from.
+def target_folds(profile: Profile, *, data_dir: str | Path | None = None, folds_file: str | Path | None = None,
+                 runs_root: str | Path | None = None) -> tuple[pd.DataFrame, str]:
+    """The protocol's folds of the profile's target (``profile.stage2.dataset``), and where they came from.
 
-    The committed file is used when it lists exactly the dataset's images and labels
-    with ``profile.cv_folds`` folds and at least ``profile.cv_repeats`` repeats (its
-    first repeats are taken). Other data (synthetic, a different copy) get folds made
-    the same way, written next to the runs so that they too can be reused.
+    The folds are over the dataset's groups (an image, or a patient where the dataset has several images of
+    one), stratified by label. For head CT the committed file is used when it lists exactly the dataset's
+    images and labels with ``profile.cv_folds`` folds and at least ``profile.cv_repeats`` repeats (its
+    first repeats are taken). Other targets and other copies get folds made the same way, written next
+    to the runs so that they too are reused.
     """
-    source = data_mod.locate("head_ct", data=profile.data, data_dir=data_dir)
-    table, _ = data_mod.read_table(source)
-    folds_file = Path(folds_file) if folds_file else paths.project_root() / FOLDS_FILE
-    if folds_file.is_file():
-        committed = folds_mod.read_folds(folds_file)
-        first = committed[committed["repeat"] == 0]
-        same_images = (sorted(zip(first["image_id"], first["label"]))
-                       == sorted(zip(table["group"], table["label"].astype(int))))
-        if (same_images and first["fold"].nunique() == profile.cv_folds
-                and committed["repeat"].nunique() >= profile.cv_repeats):
-            used = committed[committed["repeat"] < profile.cv_repeats].reset_index(drop=True)
-            return used, paths.relative(folds_file)
-        log.warning("%s does not match the %s head-CT data (%d images) or the profile's %d x %d folds; "
-                    "making folds for these data", paths.relative(folds_file), source.kind, len(table),
-                    profile.cv_folds, profile.cv_repeats)
-    made = folds_mod.make_folds(table["group"].tolist(), table["label"].to_numpy(),
+    target = profile.stage2.dataset
+    source = data_mod.locate(target, data=profile.data, data_dir=data_dir)
+    table, class_names = data_mod.read_table(source)
+    labels = table.groupby("group")["label"].agg(["first", "nunique"])
+    mixed = labels.index[labels["nunique"] > 1].tolist()
+    if mixed:
+        raise data_mod.DataFormatError(f"{target}: groups {mixed[:5]} hold images of several labels; a group "
+                                       "(patient) must have one label to be split into folds")
+    per_class = labels["first"].value_counts()
+    if len(class_names) < 2 or len(per_class) < 2 or per_class.min() < profile.cv_folds:
+        raise ValueError(f"setting target={target!r} is not allowed with cv_folds={profile.cv_folds}: it has "
+                         f"{ {class_names[k]: int(v) for k, v in per_class.items()} } images (or patients) per class; "
+                         f"at least 2 classes with at least {profile.cv_folds} each are needed")
+    if target == "head_ct":
+        folds_file = Path(folds_file) if folds_file else paths.project_root() / FOLDS_FILE
+        if folds_file.is_file():
+            committed = folds_mod.read_folds(folds_file)
+            first = committed[committed["repeat"] == 0]
+            same_images = (sorted(zip(first["image_id"], first["label"]))
+                           == sorted(zip(labels.index, labels["first"].astype(int))))
+            if (same_images and first["fold"].nunique() == profile.cv_folds
+                    and committed["repeat"].nunique() >= profile.cv_repeats):
+                used = committed[committed["repeat"] < profile.cv_repeats].reset_index(drop=True)
+                return used, paths.relative(folds_file)
+            log.warning("the committed head-CT folds do not match the %s head-CT data (%d images) or the profile's "
+                        "%d x %d folds; making folds for these data", source.kind, len(labels), profile.cv_folds,
+                        profile.cv_repeats)
+    made = folds_mod.make_folds(labels.index.tolist(), labels["first"].to_numpy(),
                                 n_splits=profile.cv_folds, n_repeats=profile.cv_repeats, seed=0)
-    written = folds_mod.write_folds(made, paths.runs_dir(runs_root) / profile.name / "head_ct_folds.csv")
+    name = Path(target).name if target not in data_mod.DATASETS else target
+    written = folds_mod.write_folds(made, paths.runs_dir(runs_root) / profile.name / f"{name}_folds.csv")
     return made, f"made for {source.kind} data ({paths.relative(written)})"
 
 
@@ -136,6 +172,7 @@ def fold_spec(profile: Profile, arm: str, split: Split, *, start: str | RunSpec 
     (another bridge), ``options`` are RunSpec options (strategy, in_chans, ...)."""
     if start is None:
         start = arm_start(profile, arm, bridge_seed=bridge_seed(profile, split.repeat), data_dir=data_dir)
+    options.setdefault("strategy", profile.strategy)  # the target runs' transfer strategy (bridges train fully)
     return RunSpec(name=name or f"cv_{arm}", stage="stage2", profile=profile, init=start, seed=split.repeat,
                    split=split, data_dir=data_dir, **options)
 
@@ -167,10 +204,10 @@ def run_protocol(
 ) -> list[RunResult]:
     """Run (or reuse) the bridges and every fold of every arm; return the fold results.
 
-    ``folds`` defaults to ``head_ct_folds(profile)``. ``force`` trains the fold runs again, never
+    ``folds`` defaults to ``target_folds(profile)``. ``force`` trains the fold runs again, never
     the bridges (the stage-1 notebooks own them; a changed bridge re-runs the folds anyway)."""
     if folds is None:
-        folds, _ = head_ct_folds(profile, data_dir=data_dir)
+        folds, _ = target_folds(profile, data_dir=data_dir)
     runs = plan(profile, folds, arms=arms, data_dir=data_dir)
     return executors.run_specs([r.spec for r in runs], executor=executor, workers=workers, force=force,
                                description="fold runs")
@@ -180,7 +217,7 @@ def load_protocol(profile: Profile, *, arms: tuple[str, ...] = tuple(ARM_INIT), 
                   runs_root: str | Path | None = None, folds: pd.DataFrame | None = None) -> list[RunResult]:
     """Read back every planned fold run (an error names the first one missing); trains nothing."""
     if folds is None:
-        folds, _ = head_ct_folds(profile, data_dir=data_dir)
+        folds, _ = target_folds(profile, data_dir=data_dir)
     return [lifecycle.load_spec(run.spec, runs_root) for run in plan(profile, folds, arms=arms, data_dir=data_dir)]
 
 
@@ -197,7 +234,8 @@ def all_bridge_specs(profile: Profile, *, data_dir: str | Path | None = None) ->
 def paper_split_spec(profile: Profile, arm: str, *, seed: int, data_dir: str | Path | None = None) -> RunSpec:
     """The paper's own setting: ``arm`` on one 80/20 split of the target drawn by ``seed``."""
     return RunSpec(name=f"stage2_{arm}", stage="stage2", profile=profile,
-                   init=arm_start(profile, arm, bridge_seed=seed, data_dir=data_dir), seed=seed, data_dir=data_dir)
+                   init=arm_start(profile, arm, bridge_seed=seed, data_dir=data_dir), seed=seed, data_dir=data_dir,
+                   strategy=profile.strategy)
 
 
 def paper_split_specs(profile: Profile, arm: str, *, data_dir: str | Path | None = None) -> list[RunSpec]:
@@ -210,7 +248,7 @@ def core_specs(profile: Profile, *, data_dir: str | Path | None = None,
     """Every run of the core chapters: both bridges per seed, the paper's split for the two arms it
     reports, and every fold of every arm (the results chapter's provenance names them all)."""
     if folds is None:
-        folds, _ = head_ct_folds(profile, data_dir=data_dir)
+        folds, _ = target_folds(profile, data_dir=data_dir)
     return (all_bridge_specs(profile, data_dir=data_dir)
             + [s for arm in ("imagenet", "multistage") for s in paper_split_specs(profile, arm, data_dir=data_dir)]
             + [r.spec for r in plan(profile, folds, data_dir=data_dir)])
@@ -233,14 +271,24 @@ def fold_table(results: list[RunResult]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=FOLD_RESULT_COLUMNS)
 
 
+def positive_probability(predictions: pd.DataFrame) -> pd.Series:
+    """The probability of a 2-class target's second class (head CT: hemorrhage), from ``predictions.csv``."""
+    columns = [c for c in predictions.columns if c.startswith("prob_")]
+    if len(columns) != 2:
+        raise ValueError(f"the protocol's out-of-fold table takes a 2-class target; these predictions have "
+                         f"{len(columns)} classes ({', '.join(c.removeprefix('prob_') for c in columns)})")
+    return predictions[columns[1]]
+
+
 def oof_table(results: list[RunResult]) -> pd.DataFrame:
-    """``stage2_oof.csv``: each image's out-of-fold probability of hemorrhage, per arm and repeat."""
+    """``stage2_oof.csv``: each image's out-of-fold probability of the positive class (head CT: hemorrhage),
+    per arm and repeat. ``image_id`` is the image's id, or its file where a group (patient) has several."""
     parts = []
     for result in results:
         pred = result.predictions
+        ids = pred["image_id"] if pred["image_id"].is_unique else pred["file"]
         parts.append(pd.DataFrame({"arm": _arm(result), "repeat": result.config["split"]["repeat"],
-                                   "image_id": pred["image_id"], "label": pred["label"],
-                                   "prob": pred["prob_hemorrhage"]}))
+                                   "image_id": ids, "label": pred["label"], "prob": positive_probability(pred)}))
     table = pd.concat(parts, ignore_index=True)[OOF_COLUMNS]
     return table.sort_values(["arm", "repeat", "image_id"], ignore_index=True)
 

@@ -44,7 +44,7 @@ from ..engine.lifecycle import RunResult
 from ..engine.spec import Mask, RunSpec
 from ..models import registry as models, sparsity
 from ..models.sparsity import SCOPES
-from ..report import plots, results, statistics
+from ..report import plots, statistics
 from . import protocol
 
 log = logging.getLogger(__name__)
@@ -173,19 +173,11 @@ PLANS: dict[str, PruningPlan] = {
 
 
 def get_plan(profile: str, **changes: Any) -> PruningPlan:
-    """The pruning plan of ``profile`` with ``changes`` (lists become tuples)."""
+    """The pruning plan of ``profile`` with ``changes`` (None values ignored: the plan's own; lists become tuples)."""
     if profile not in PLANS:
         raise ValueError(f"no pruning plan for profile {profile!r}; expected one of {sorted(PLANS)}")
-    return replace(PLANS[profile], **{k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()})
-
-
-def setup(profile: str, *, data: str | None = None, **changes: Any) -> tuple[Profile, PruningPlan]:
-    """The profile and plan a notebook asks for: ``data`` None keeps the profile's data mode, a change None keeps
-    the plan's value (``repeats``, ``rounds``, ``second_model``, ``stage1_rounds``, ...)."""
-    from ..core.config import get_profile
-
-    run_profile = get_profile(profile, **({"data": data} if data else {}))
-    return run_profile, get_plan(profile, **{k: v for k, v in changes.items() if v is not None})
+    changes = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items() if v is not None}
+    return replace(PLANS[profile], **changes)
 
 
 # --------------------------------------------------------------------------- what pruning buys
@@ -431,7 +423,7 @@ def run(profile: Profile, plan: PruningPlan, *, arm: str = "multistage", executo
     """Run (or read back) the chapter: ``arm``'s folds pruned by ``plan.configs()``, the second network from random
     weights (arm ``scratch``) by ``plan.second_configs()``, stage 1 by ``plan.stage1_configs()``. The dense runs
     are the protocol's (trained first when missing); ``force`` trains the rounds again, never the dense runs."""
-    folds, _ = protocol.head_ct_folds(profile, data_dir=data_dir)
+    folds, _ = protocol.target_folds(profile, data_dir=data_dir)
     common = dict(folds=folds, repeats=plan.repeats, max_folds=plan.max_folds, data_dir=data_dir)
     plans = [plan_study(profile, plan.configs(), arm=arm, **common)]
     second = plan.second_profile(profile)
@@ -689,26 +681,7 @@ def tables(result: PruningResult) -> dict[str, pd.DataFrame]:
     return found
 
 
-def save_tables(found: dict[str, pd.DataFrame], results_dir) -> None:
-    """Write every table into ``results_dir``."""
-    for name, table in found.items():
-        results.save_table(table, name, results_dir)
-
-
 # --------------------------------------------------------------------------- what the notebook shows
-
-
-class MarkdownText(str):
-    """A string shown (and glued) as Markdown: ``glue(key, MarkdownText(...))`` serves ``{glue:md}``."""
-
-    def _repr_markdown_(self) -> str:
-        return str(self)
-
-
-def header(result: PruningResult) -> MarkdownText:
-    """The data banner (loud on synthetic data) and the provenance of every run, as Markdown."""
-    prov = results.provenance(result.metrics(), profile=result.profile.to_dict())
-    return MarkdownText(results.data_banner(prov["data"].values()) + "\n" + results.provenance_markdown(prov))
 
 
 def figure(found: dict[str, pd.DataFrame]):
@@ -887,7 +860,9 @@ def _wide_layers(result: PruningResult) -> pd.DataFrame:
 
 
 def glue_values(result: PruningResult, found: dict[str, pd.DataFrame]) -> dict[str, Any]:
-    """Every value the chapter's prose glues (texts as ``MarkdownText`` for ``{glue:md}``)."""
+    """Every value the chapter's prose glues (the markdown ones as ``IPython.display.Markdown``)."""
+    from IPython.display import Markdown
+
     plan, main = result.plan, result.main
     rows = _main_rows(result, found)
     dense = _dense_row(rows)
@@ -903,8 +878,8 @@ def glue_values(result: PruningResult, found: dict[str, pd.DataFrame]) -> dict[s
         "prune_dense_low": float(dense["accuracy_ci_low"]),
         "prune_dense_high": float(dense["accuracy_ci_high"]),
         "prune_report_rule": plan.report_rule,
-        "prune_reported_text": MarkdownText(reported_text(result, found)),
-        "prune_sparsest_text": MarkdownText(sparsest_text(result, found)),
+        "prune_reported_text": Markdown(reported_text(result, found)),
+        "prune_sparsest_text": Markdown(sparsest_text(result, found)),
     }
     # The controls at their last round, and the other scope.
     last = rows[rows["round"] == plan.control_round].set_index("method")
@@ -936,8 +911,8 @@ def glue_values(result: PruningResult, found: dict[str, pd.DataFrame]) -> dict[s
         "prune_imp_ms": float(mine.loc[sparse_key, "latency_permanent_ms"]),
         "prune_imp_masked_ms": float(mine.loc[sparse_key, "latency_masked_ms"]),
         "prune_latency_ratio": float(mine.loc[sparse_key, "latency_permanent_ms"] / dense_cost["latency_permanent_ms"]),
-        "prune_second_text": MarkdownText(second_text(result, found)),
-        "prune_stage1_text": MarkdownText(stage1_text(result, found)),
+        "prune_second_text": Markdown(second_text(result, found)),
+        "prune_stage1_text": Markdown(stage1_text(result, found)),
     })
     rounds = [r for s in result.all_studies() for r in s.rounds]
     values["prune_minutes"] = float(sum(r.result.provenance["wall_seconds"] for r in rounds) / 60)
@@ -945,15 +920,15 @@ def glue_values(result: PruningResult, found: dict[str, pd.DataFrame]) -> dict[s
     return values
 
 
-def verdict(result: PruningResult, found: dict[str, pd.DataFrame]) -> MarkdownText:
+def verdict(result: PruningResult, found: dict[str, pd.DataFrame]) -> str:
     """The chapter's findings as Markdown: the reported round (by the declared rule), the secondary sparsest
     round within the dense interval, the second network and stage 1."""
     model = result.main.profile.model
-    return MarkdownText("\n".join([
+    return "\n".join([
         f"- **Reported** {model} network ({result.plan.report_rule}; the rule was declared in the plan before the "
         f"runs): {reported_text(result, found)}",
         f"- Secondary, chosen on the test folds themselves (so optimistic): the sparsest {model} IMP network whose "
         f"mean test accuracy is within the dense model's interval: {sparsest_text(result, found)}",
         f"- Second network: {second_text(result, found)}",
         f"- Stage 1 on chest X-ray: {stage1_text(result, found)}",
-    ]))
+    ])

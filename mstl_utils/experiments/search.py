@@ -290,7 +290,7 @@ def work(profile: Profile, search: SearchConfig, *, storage: str | None = None, 
     device, other bridges, other code) stops instead of filling studies nobody reads."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if folds is None:
-        folds, _ = protocol.head_ct_folds(profile, data_dir=data_dir, runs_root=runs_root)
+        folds, _ = protocol.target_folds(profile, data_dir=data_dir, runs_root=runs_root)
     studies = plan_studies(profile, search, folds, data_dir=data_dir, runs_root=runs_root)
     _bridges_ready(studies, runs_root)
     if expected is not None and tuple(s.name for s in studies) != tuple(expected):
@@ -404,7 +404,7 @@ def run(profile: Profile | str, plan: SearchConfig, *, storage: str | None = Non
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with executors.using(executor, workers=workers) as ex:  # one executor (and Ray connection) for all
         runs_root = ex.runs_root
-        folds, _ = protocol.head_ct_folds(profile, data_dir=data_dir, runs_root=runs_root)
+        folds, _ = protocol.target_folds(profile, data_dir=data_dir, runs_root=runs_root)
         studies = plan_studies(profile, plan, folds, data_dir=data_dir, runs_root=runs_root)
         bridges = protocol.bridges([s.run for s in studies])
         if bridges:  # every trial of a chained arm starts from its bridge

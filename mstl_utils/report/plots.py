@@ -253,10 +253,20 @@ def cost_bars(costs: pd.DataFrame, *, columns: tuple[str, ...] = ("params", "mac
     for ax, column in zip(np.atleast_1d(axes), columns):
         ax.barh(ordered["label"], ordered[column], color=[palette[f] for f in ordered["family"]])
         ax.set_xscale("log")
-        ax.set_xlabel(column)
+        ax.set_xlabel(COST_LABELS.get(column, column))
+        ax.tick_params(axis="x", labelsize=7)
     handles = [plt.Rectangle((0, 0), 1, 1, color=palette[f]) for f in families]
     np.atleast_1d(axes)[-1].legend(handles, families, fontsize=7, loc="lower right")
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+#: Readable axis labels of the cost columns (the review found raw column names on the bars).
+COST_LABELS = {"params": "parameters", "macs": "multiply-accumulates per image", "cpu_latency_ms": "CPU latency, batch 1 (ms)",
+               "train_img_per_s": "training images per second", "size_mb": "checkpoint size (MB)"}
+
+
 def pruning_curves(summary: pd.DataFrame, folds: pd.DataFrame) -> plt.Figure:
     """Accuracy (mean with t interval over folds) and mean AUC against sparsity, one line per pruning method,
     one row per model; the dense model's interval as a grey band (``pruning.csv``, ``pruning_folds.csv``)."""

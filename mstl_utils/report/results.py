@@ -71,8 +71,8 @@ def provenance(metrics: Iterable[dict[str, Any]], *, profile: dict[str, Any]) ->
         "synthetic": any(d["kind"] == "synthetic" for d in data.values()),
         "weights": [{"source": s, "file": f, "sha256": h} for s, f, h in weights],
         "code": provs[-1]["code"],
-        "runs": [{k: p[k] for k in ("name", "stage", "init_from", "seed", "started", "finished", "wall_seconds")}
-                 for p in provs],
+        "runs": [{k: p.get(k) for k in ("name", "stage", "init_from", "seed", "split", "run", "started", "finished",
+                                        "wall_seconds")} for p in provs],
         "started": min(p["started"] for p in provs),
         "finished": max(p["finished"] for p in provs),
         "written": repro.now(),
