@@ -37,12 +37,18 @@ def test_targets_are_met_missed_or_not_measured_from_the_numbers():
                           "seconds": [100.0, 300.0, 300.0, 100.0, 100.0, 400.0, 20.0, 5000.0], "force": True})
     met = benchmark.targets(_table(), times).set_index("target")["met"]
     # The study target counts the core chapters only: 22 min > 20, the GAN chapter's 83 min aside.
-    assert list(met) == ["yes", "not measured (no GPU)", "no", "not measured"]
+    assert list(met) == ["yes", "not measured (no GPU)", "no", "not measured", "not measured (no GPU)"]
     assert benchmark.targets(_table(), times.assign(seconds=times["seconds"] / 2))["met"].tolist()[2] == "yes"
     assert benchmark.targets(_table(), times.iloc[1:])["met"].tolist()[2] == "not measured"  # a core step missing
+    # The GPU targets come from the GPU check's table when a GPU ran it.
+    gpu = pd.DataFrame({"measurement": ["paper", "paper"], "variant": ["stage 1: one epoch of 4172 images (median of 2)",
+                                                                      "paper study: 6 bridges + 200 fold runs"],
+                        "img_per_s": [3500.0, float("nan")], "seconds": [1.2, 540.0]})
+    with_gpu = benchmark.targets(_table(), times, gpu).set_index("target")["met"]
+    assert list(with_gpu)[3:] == ["yes", "yes"]
     reused = times.assign(force=False)
     assert benchmark.targets(_table(pipeline=90.0), reused)["met"].tolist() == [
-        "no", "not measured (no GPU)", "not measured", "not measured"]
+        "no", "not measured (no GPU)", "not measured", "not measured", "not measured (no GPU)"]
     gpu = benchmark.targets(_table(device="cuda", plain=40.0), None)["met"].tolist()
     assert gpu[1] == "yes"
 
@@ -68,3 +74,15 @@ def test_throughput_figure_labels_each_bar_with_its_own_value():
     for text in ax.texts:  # every label sits at the end of a bar of the same length
         if text.get_text().strip():
             assert abs(text.xy[0] - float(text.get_text())) < 0.5
+
+
+def test_the_benchmark_times_the_studys_own_step_in_deterministic_mode(monkeypatch):
+    import torch
+
+    torch.use_deterministic_algorithms(False)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    settings = benchmark.Settings("mobilenet_v2", 32, 4, 4, steps=1, warmup=0, compile=False)
+    images, seconds, _ = benchmark.ceiling(settings, torch.device("cpu"), precision="fp32", channels_last=True)
+    assert images == 4 and seconds > 0
+    assert torch.are_deterministic_algorithms_enabled()  # seeded as a study run is
+    assert torch.utils.deterministic.fill_uninitialized_memory is False

@@ -420,3 +420,34 @@ def test_augmenting_a_whole_pass_at_once_draws_what_batch_by_batch_would():
     for index, (x, _) in enumerate(loader):
         rows = order[index * 8:(index + 1) * 8]
         assert torch.equal(x, batches.random_affine(images[rows].float() / 255, generator))
+
+
+def test_compile_compiles_the_training_step_only(monkeypatch):
+    """torch.compile: evaluation stays eager (its last short batch would recompile), and on a GPU the training
+    step asks for CUDA graphs ("reduce-overhead"); here on the CPU for the default mode."""
+    compiled = []
+
+    def fake_compile(model, **options):
+        compiled.append(options)
+
+        class Recorded(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inner, self.calls = model, 0
+
+            def forward(self, x):
+                self.calls += 1
+                assert self.inner.training, "the compiled model ran in evaluation"
+                return self.inner(x)
+
+        recorded = Recorded()
+        compiled.append(recorded)
+        return recorded
+
+    monkeypatch.setattr(train.torch, "compile", fake_compile)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    data = batches.TensorBatches(torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8), np.arange(16) % 2, batch_size=8)
+    train.fit(model, data, data, num_epochs=2, lr=1e-2, device=torch.device("cpu"), compile=True, progress=False)
+    options, recorded = compiled
+    assert options == {"mode": None, "dynamic": False} and recorded.calls == 2 * 2  # 2 epochs x 2 training batches

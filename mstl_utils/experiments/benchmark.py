@@ -306,7 +306,11 @@ TARGET_QUICK_MINUTES_CPU = 20.0
 TARGET_PAPER_MINUTES_GPU = 10.0
 
 
-def targets(table: pd.DataFrame, study_times: pd.DataFrame | None) -> pd.DataFrame:
+TARGET_STAGE1_IMAGES_PER_S_GPU = 3000.0
+
+
+def targets(table: pd.DataFrame, study_times: pd.DataFrame | None,
+            gpu_check: pd.DataFrame | None = None) -> pd.DataFrame:
     """Each target, what was measured against it and whether it was met ("yes", "no", "not measured").
 
     ``study_times`` is ``study_time.csv`` of the study that built the book (None when absent);
@@ -335,6 +339,17 @@ def targets(table: pd.DataFrame, study_times: pd.DataFrame | None) -> pd.DataFra
         rows.append({"target": f"{profile} study (core chapters) <= {bound:g} min {where}",
                      "measured": f"{full[1]:.1f} min" if measured else "no full run of this profile here",
                      "met": ("yes" if full[1] <= bound else "no") if measured else "not measured"})
+    # The GPU targets from the prepared check's table (gpu_check.csv), when a GPU has run it.
+    checked = gpu_check if gpu_check is not None else pd.DataFrame(columns=["measurement", "variant"])
+    stage1 = checked[(checked["measurement"] == "paper") & checked["variant"].str.startswith("stage 1: one epoch")]
+    study = checked[(checked["measurement"] == "paper") & checked["variant"].str.startswith("paper study")]
+    rows.append({"target": f"stage 1 >= {TARGET_STAGE1_IMAGES_PER_S_GPU:,.0f} training images/s on one H100-class GPU",
+                 "measured": f"{stage1['img_per_s'].iloc[0]:,.0f} images/s" if len(stage1) else "no GPU check here",
+                 "met": (("yes" if stage1["img_per_s"].iloc[0] >= TARGET_STAGE1_IMAGES_PER_S_GPU else "no")
+                         if len(stage1) else "not measured (no GPU)")})
+    if len(study):
+        rows[-2] = {**rows[-2], "measured": f"{study['seconds'].iloc[0] / 60:.1f} min (GPU check, extrapolated)",
+                    "met": "yes" if study["seconds"].iloc[0] / 60 <= TARGET_PAPER_MINUTES_GPU else "no"}
     return pd.DataFrame(rows, columns=["target", "measured", "met"])
 
 
@@ -446,3 +461,45 @@ def executor_comparison(profile: Profile, *, n_runs: int = 8, ray_cpus: int | No
             finally:
                 ex.close()
     return pd.DataFrame(rows, columns=EXECUTOR_COLUMNS)
+
+
+def optional_table(results_dir: str | Path, name: str) -> pd.DataFrame | None:
+    """A table of the speed appendix that only some machines can make (``executors.csv``, ``gpu_check.csv``);
+    None when it was not measured."""
+    path = Path(results_dir) / name
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def executor_summary(table: pd.DataFrame | None) -> str:
+    """One sentence per executor from ``executors.csv``: start-up, the batch of fold runs, reading complete runs."""
+    if table is None or table.empty:
+        return "The local and the Ray executor were not compared on this machine (`benchmarks/run.py --executors`)."
+    out = []
+    for name, rows in table.groupby("executor", sort=False):
+        by = rows.set_index("measurement")
+        if "fold-run batch" not in by.index:
+            out.append(f"**{name}**: {by['note'].iloc[0]}.")
+            continue
+        batch, back = by.loc["fold-run batch"], by.loc["complete runs read back"]
+        out.append(f"**{name}**: start-up {by.loc['start-up', 'seconds']:.1f} s; {int(batch['runs'])} fold runs in "
+                   f"{batch['seconds']:.0f} s ({batch['per_run_seconds']:.1f} s a run); the same runs read back "
+                   f"complete in {back['seconds']:.1f} s.")
+    return " ".join(out)
+
+
+def gpu_summary(table: pd.DataFrame | None) -> str:
+    """What the GPU check found, or that no GPU has run it."""
+    if table is None or table.empty:
+        return ("**Not measured (no GPU).** No GPU was available to the machines that built this book. The prepared "
+                "check (`make gpu-check`, README: \"The GPU check\") fills this section when one runs it.")
+    paper = table[(table["measurement"] == "paper") & table["variant"].str.startswith("paper study")]
+    step = table[(table["measurement"] == "step") & table["img_per_s"].notna()]
+    best = step.sort_values("img_per_s").iloc[-1] if len(step) else None
+    text = f"Measured on {table['device'].iloc[0]}, PyTorch {table['torch'].iloc[0]}."
+    if best is not None:
+        text += (f" Fastest training step: {best['variant']}, {best['precision']}, {best['img_per_s']:.0f} images per "
+                 "second (stage 1's batch).")
+    if len(paper):
+        row = paper.iloc[0]
+        text += f" The paper study (core chapters) would take about {float(row['seconds']) / 60:.1f} minutes ({row['note']})."
+    return text
