@@ -14,7 +14,7 @@ from torch import nn
 from mstl_utils import data
 from mstl_utils.core import config
 from mstl_utils.data import generated
-from mstl_utils.engine import lifecycle, stages
+from mstl_utils.engine import executors, lifecycle, stages
 from mstl_utils.engine.spec import RunSpec
 from mstl_utils.experiments import gan, protocol
 
@@ -386,7 +386,7 @@ def test_a_stage_run_records_new_options_only_when_used(chest, tmp_path):
     assert "balance" not in plain and "synthetic" not in plain  # earlier runs keep their folders
     folder = generated.write_folder(tmp_path / "generated", {"NORMAL": np.zeros((2, 1, 32, 32), np.uint8)}, info={})
     spec = RunSpec(name="aug", stage="stage1", profile=profile, synthetic_dir=folder, balance="class_weights")
-    run = stages.run_stage(spec, progress=False)
+    [run] = executors.run_specs([spec], workers=1)
     config_json = json.loads((run.run_dir / "config.json").read_text())
     assert config_json["balance"] == "class_weights" and config_json["synthetic"] == "generated"
     assert config_json["inputs"]["synthetic_sha256"] == generated.folder_sha256(folder)

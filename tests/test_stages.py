@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mstl_utils.core import config
-from mstl_utils.engine import lifecycle, stages, train
+from mstl_utils.engine import executors, lifecycle, stages, train
 from mstl_utils.engine.spec import RunSpec
 from mstl_utils.experiments import protocol
 
@@ -30,7 +30,7 @@ def test_stage1_then_multistage_chain(profile):
     assert {"commit", "dirty"} <= set(prov["code"]) and prov["hardware"]["torch"] == torch.__version__
     assert prov["run"] == protocol.bridge_spec(profile).relpath.as_posix()
 
-    chained = stages.run_stage(protocol.paper_split_spec(profile, "multistage", seed=0))
+    [chained] = executors.run_specs([protocol.paper_split_spec(profile, "multistage", seed=0)], workers=1)
     weights = chained.provenance["weights"]
     assert weights["init"] == "checkpoint" and weights["source"] == "stage1" and len(weights["sha256"]) == 64
     assert chained.predictions["file"].str.startswith("head_ct/").all()

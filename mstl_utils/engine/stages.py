@@ -32,12 +32,14 @@ from ..data import datasets as data_mod, generated
 from ..models import registry as models, sparsity, transfer
 from ..report.metrics import binary_metrics, multiclass_metrics
 from . import lifecycle, train
-from .spec import RunSpec
+
+# ``spec.RunSpec.execute`` calls this module; the body reads the spec's attributes and never imports it back,
+# so that the spec stays the one light definition of a run ("RunSpec" in the hints below names it).
 
 log = logging.getLogger(__name__)
 
 
-def prepare_data(spec: RunSpec) -> data_mod.StageData:
+def prepare_data(spec: "RunSpec") -> data_mod.StageData:
     """The data of one run: its train, validation and test parts are fixed by its seed and split
     (the hyperparameter search relies on getting exactly the parts the run gets)."""
     cfg, profile = spec.config, spec.profile
@@ -49,12 +51,12 @@ def prepare_data(spec: RunSpec) -> data_mod.StageData:
     )
 
 
-def _checkpoint_of(upstream: RunSpec, runs_root: str | Path | None) -> tuple[dict[str, Any], Path]:
+def _checkpoint_of(upstream: "RunSpec", runs_root: str | Path | None) -> tuple[dict[str, Any], Path]:
     file = lifecycle.run_dir(upstream, runs_root) / "checkpoint.pt"
     return train.load_checkpoint(file), file
 
 
-def initial_model(spec: RunSpec, *, num_classes: int, runs_root: str | Path | None = None):
+def initial_model(spec: "RunSpec", *, num_classes: int, runs_root: str | Path | None = None):
     """(model, WeightsInfo) the run starts from: ImageNet or random weights, or its upstream run's checkpoint."""
     profile = spec.profile
     if isinstance(spec.init, str):
@@ -69,7 +71,7 @@ def initial_model(spec: RunSpec, *, num_classes: int, runs_root: str | Path | No
                                        sha256=repro.sha256_file(file))
 
 
-def _apply_mask(spec: RunSpec, model: torch.nn.Module, *, num_classes: int,
+def _apply_mask(spec: "RunSpec", model: torch.nn.Module, *, num_classes: int,
                 runs_root: str | Path | None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The starting model with ``spec.mask`` applied and its survivors rewound to the starting weights."""
     mask = spec.mask
@@ -90,7 +92,7 @@ def _apply_mask(spec: RunSpec, model: torch.nn.Module, *, num_classes: int,
                     "eligible_params": sum(sparsity.effective_weight(m, n).numel() for m, n in params)}
 
 
-def execute(spec: RunSpec, run: lifecycle.Run) -> dict[str, Any]:
+def execute(spec: "RunSpec", run: lifecycle.Run) -> dict[str, Any]:
     """Train ``spec`` into ``run``; return its test metrics and what only it knows of its provenance."""
     profile, cfg = spec.profile, spec.config
     runs_root = run.root
@@ -171,20 +173,6 @@ def execute(spec: RunSpec, run: lifecycle.Run) -> dict[str, Any]:
     if pruning is not None:
         metrics["pruning"] = pruning
     return {**metrics, "provenance": provenance}
-
-
-# --------------------------------------------------------------------------- reading runs back
-
-
-def run_stage(spec: RunSpec, *, runs_root: str | Path | None = None, force: bool = False,
-              progress: bool = True) -> lifecycle.RunResult:
-    """Run (or reuse) one stage run in this process, its upstream runs first; return its result."""
-    from .spec import chain_of
-
-    result = None
-    for step in chain_of(spec):
-        result = lifecycle.run(step, runs_root=runs_root, force=force and step is spec, progress=progress)
-    return result
 
 
 def init_name(result: lifecycle.RunResult) -> str:

@@ -2,7 +2,7 @@
 the batch-norm layers of the frozen part do.
 
 A strategy is data (``Strategy``), named in ``STRATEGIES`` and passed to a stage by
-name (``stages.run_stage(..., strategy="features")``). ``apply`` prepares a freshly
+name (``RunSpec(..., strategy="features")``, or a profile's ``strategy``). ``apply`` prepares a freshly
 built or loaded model for it and returns the optimiser's parameter groups.
 
 Batch norm is the known pitfall: a "frozen" block whose batch-norm layers stay in
