@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import nbformat
 import pandas as pd
 from tqdm import tqdm
 
-from .core import paths, repro
+from .core import logs, paths, repro
 from .core.config import CORE_CHAPTERS, SETTINGS, get_profile
 from .report import results
 
@@ -108,13 +109,49 @@ def select(chapters: str | list[str] | None = None, *, output_dir: str | Path = 
     return chosen
 
 
+class _Tail(threading.Thread):
+    """Prints the lines a notebook appends to its log file, as they come (the console's view of a study)."""
+
+    def __init__(self, path: Path, *, prefix: str = "", every: float = 1.0):
+        super().__init__(daemon=True)
+        self.path, self.prefix, self.every = path, prefix, every
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        position = 0
+        while True:
+            finished = self._done.wait(self.every)
+            try:
+                with self.path.open(encoding="utf-8", errors="replace") as handle:
+                    handle.seek(position)
+                    text = handle.read()
+                    position = handle.tell()
+            except OSError:
+                text = ""
+            for line in text.splitlines():
+                print(self.prefix + line, file=sys.stderr, flush=True)
+            if finished:
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        if self.is_alive():
+            self.join(timeout=10)
+
+
 class NotebookFailed(RuntimeError):
     """A notebook of the study raised; the message names the notebook and the failing cell."""
 
 
 def _sanitise(notebook_path: Path, root: Path) -> None:
-    """Remove absolute paths (project root, home) from an executed notebook's outputs and metadata."""
-    text = notebook_path.read_text()
+    """Remove absolute paths (project root, home) from an executed notebook's outputs and metadata, and collapse
+    the parameters papermill injected like every other code cell (the page shows results first)."""
+    nb = json.loads(notebook_path.read_text())
+    for cell in nb.get("cells", []):
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if "injected-parameters" in tags and "hide-input" not in tags:
+            tags.append("hide-input")
+    text = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
     replacements = [(str(root), "."), (str(Path.home()), "~")]
     venv = Path(sys.prefix)
     if venv != root and str(venv).startswith(str(root)):
@@ -155,7 +192,15 @@ def execute(
     declared = "".join(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     params = {k: v for k, v in params.items() if k in accepted and re.search(rf"^{k}\s*=", declared, re.M)}
     start = time.perf_counter()
+    # The notebook's log lines go to a file the console shows as it grows, not onto the page.
+    log_file = paths.runs_dir() / "_logs" / f"{step.name}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    log_file.write_text("")
+    previous = os.environ.get(logs.ENV_LOG_FILE)
+    os.environ[logs.ENV_LOG_FILE] = str(log_file)
+    shown = _Tail(log_file, prefix=f"[{step.name}] ")
     try:
+        shown.start()
         papermill.execute_notebook(
             str(source), str(output), parameters=params, cwd=str(root), kernel_name="python3",
             progress_bar=False, log_output=False, report_mode=False,
@@ -166,9 +211,15 @@ def execute(
             f"{error.ename}: {error.evalue}"
         ) from None
     finally:
+        shown.stop()
+        if previous is None:
+            os.environ.pop(logs.ENV_LOG_FILE, None)
+        else:
+            os.environ[logs.ENV_LOG_FILE] = previous
         if output.exists():
             _sanitise(output, root)
-    log.info("%-24s -> %s  (%.0f s)", step.source, output, time.perf_counter() - start)
+    log.info("%-24s -> %s  (%.0f s; its log: %s)", step.source, output, time.perf_counter() - start,
+             paths.relative(log_file))
     return output
 
 

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from tqdm import tqdm
 
-from ..core import paths, repro
+from ..core import logs, paths, repro
 from . import lifecycle
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 EXECUTORS = ("local", "ray")
 #: Environment variables a worker needs as the driver has them (where data, weights and caches are).
 ENV_PASSED = (paths.ENV_DATA_DIR, paths.ENV_WEIGHTS_DIR, paths.ENV_CACHE_DIR, paths.ENV_OFFLINE,
-              lifecycle.ENV_STATE_EVERY)
+              lifecycle.ENV_STATE_EVERY, logs.ENV_LOG_FILE)
 
 
 def default_workers(n_jobs: int, device: str = "cpu", cores: int | None = None) -> int:
@@ -74,8 +74,9 @@ def init_worker(threads: int, env: dict[str, str] | None = None) -> None:
     """Set up a worker process: its share of the CPU threads, the driver's configuration, quiet logs."""
     torch.set_num_threads(threads)
     _set_env(env or {})
-    # One line per finished run comes from the driver; a worker only reports problems.
-    logging.basicConfig(level=logging.WARNING, format="%(processName)s: %(message)s")
+    # One line per finished run comes from the driver; a worker only reports problems (into the log file when
+    # the study driver set one, else to standard error).
+    logs.setup(logging.WARNING)
 
 
 def _train(spec: Any, runs_root: str, force: bool) -> str:

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from ..core import repro
+from ..core import config, paths, repro
 
 #: Columns of ``stage1_test.csv`` (the contract other chapters and reviewers read).
 STAGE1_COLUMNS = ["model", "init_from", "profile", "seed", "image_size", "accuracy", "auc", "sensitivity", "specificity", "n_test"]
@@ -54,23 +54,43 @@ def save_json(value: Any, name: str, results_dir: str | Path) -> Path:
     return repro.atomic_write(Path(results_dir) / name, lambda tmp: tmp.write_text(text))
 
 
+def changed_settings(profile: dict[str, Any]) -> dict[str, Any]:
+    """The settings (``config.SETTINGS`` names) in which ``profile`` differs from the named profile it came from."""
+    named = config.PROFILES.get(profile["name"])
+    if named is None:
+        return {}
+    base = named.to_dict()
+    changed = {}
+    for name, places in config.SETTINGS.items():
+        value = [profile[p[0]] if len(p) == 1 else profile[p[0]][p[1]] for p in places][0]
+        default = [base[p[0]] if len(p) == 1 else base[p[0]][p[1]] for p in places][0]
+        if json.dumps(value, default=str) != json.dumps(default, default=str):
+            changed[name] = value
+    return changed
+
+
 def provenance(metrics: Iterable[dict[str, Any]], *, profile: dict[str, Any]) -> dict[str, Any]:
-    """The study's provenance from its runs: profile, hardware, data and weights with checksums,
-    code version and time span."""
+    """The provenance of a chapter: the profile and the settings changed in it, this execution (code version,
+    time), and the runs it read, with their data and weights checksums, hardware and the code versions that
+    made them (a run made earlier with identical settings is reused, and says when and by which commit)."""
     provs = [m["provenance"] for m in metrics]
     if not provs:
         raise ValueError("no runs to describe")
     data = {p["data"]["dataset"]: p["data"] for p in provs}
     weights = sorted({(p["weights"]["source"], p["weights"]["file"], p["weights"]["sha256"]) for p in provs
                       if p["weights"]["init"] == "imagenet"}, key=str)
+    commits = sorted({(p["code"].get("commit") or "unknown")[:10] for p in provs})
     return {
         "profile": profile,
+        "changed_settings": changed_settings(profile),
+        "executed": {"code": {**repro.git_version(paths.project_root())}, "at": repro.now()},
         "hardware": provs[-1]["hardware"],
         "device": provs[-1]["device"],
         "data": data,
         "synthetic": any(d["kind"] == "synthetic" for d in data.values()),
         "weights": [{"source": s, "file": f, "sha256": h} for s, f, h in weights],
         "code": provs[-1]["code"],
+        "run_commits": commits,
         "runs": [{k: p.get(k) for k in ("name", "stage", "init_from", "seed", "split", "run", "started", "finished",
                                         "wall_seconds")} for p in provs],
         "started": min(p["started"] for p in provs),
@@ -80,21 +100,45 @@ def provenance(metrics: Iterable[dict[str, Any]], *, profile: dict[str, Any]) ->
 
 
 def provenance_markdown(prov: dict[str, Any]) -> str:
-    """A short 'how these numbers were made' block for the top of a results page."""
+    """A short 'how these numbers were made' block for the top of a results page: which execution produced
+    the page (profile, changed settings, commit, date, hardware) and which runs it read."""
     data = "; ".join(f"{name}: {d['kind']} ({d['origin']}), {d['n_files']} files, sha256 {d['sha256'][:12]}..."
                      for name, d in prov["data"].items())
     weights = "; ".join(f"{w['file']} ({w['source']}, sha256 {(w['sha256'] or 'n/a')[:12]}...)" for w in prov["weights"]) or "none (random initialisation)"
-    code = prov["code"]
+    executed = prov.get("executed", {"code": prov["code"], "at": prov.get("written", "")})
+    code = executed["code"]
     version = f"{(code.get('commit') or 'unknown')[:10]}{' + uncommitted changes' if code.get('dirty') else ''}"
+    changed = prov.get("changed_settings") or {}
+    settings = ", ".join(f"`{k}={v}`" for k, v in changed.items()) or "none"
+    commits = prov.get("run_commits") or [(prov["code"].get("commit") or "unknown")[:10]]
     lines = [
-        f"- **Profile:** `{prov['profile']['name']}` (image size {prov['profile']['image_size']} px, seeds {list(prov['profile']['seeds'])})",
+        f"- **Profile:** `{prov['profile']['name']}` (image size {prov['profile']['image_size']} px, seeds "
+        f"{list(prov['profile']['seeds'])}); settings changed from it: {settings}",
+        f"- **Code version:** {version} (this page executed {executed['at']} UTC)",
+        f"- **Runs read:** {len(prov['runs'])}, made {prov['started']} to {prov['finished']} (UTC) by code version(s) "
+        f"{', '.join(commits)} (a complete run with the same settings is reused, never trained again)",
         f"- **Hardware:** {prov['device']}; torch {prov['hardware']['torch']}, Python {prov['hardware']['python']}",
         f"- **Data:** {data}",
         f"- **Weights:** {weights}",
-        f"- **Code version:** {version} (mstl_utils {code.get('package_version')})",
-        f"- **Run:** {prov['started']} to {prov['finished']} (UTC)",
     ]
-    return "\n".join(lines)
+    # "$" would start inline mathematics in the rendered page (an environment variable in a data origin).
+    return "\n".join(lines).replace("$", "\\$")
+
+
+def page_header(prov: dict[str, Any]):
+    """What a chapter shows first: the loud synthetic-data banner when the data were generated, then how its
+    numbers were made (``provenance_markdown``), as one Markdown display (never an empty one, which a page
+    would print as ``<IPython.core.display.Markdown object>``)."""
+    from IPython.display import Markdown
+
+    return Markdown(data_banner(prov["data"].values()) + provenance_markdown(prov))
+
+
+def banner(sources: Iterable[Any]):
+    """The synthetic-data banner as a Markdown display, or a plain note that the data are real (never empty)."""
+    from IPython.display import Markdown
+
+    return Markdown(data_banner(sources) or "Real data (see the data chapter for their checksums).")
 
 
 def data_banner(sources: Iterable[Any]) -> str:
