@@ -32,6 +32,10 @@ def test_source_notebook_hygiene(path):
     assert len(params) == 1, "exactly one cell tagged 'parameters'"
     for line in params[0].source.splitlines():
         assert re.match(r"^\w+ = .+  # .+", line), f"parameter without a comment: {line!r}"
+        # papermill reads a parameter line with a second "=" as no parameter (its help and type are lost)
+        assert line.count("=") == 1, f"papermill cannot parse {line!r}: no '=' in a parameter's comment"
+    # Chapter pages show results first: every code cell collapsed, its code one click away.
+    assert all("hide-input" in c.metadata.get("tags", []) for c in code), "a code cell without the hide-input tag"
     for cell in code:
         assert not cell.get("outputs") and cell.get("execution_count") is None, "outputs must be stripped"
         assert not re.search(r"^\s*(def|class)\s", cell.source, re.M), "no functions in notebooks"
