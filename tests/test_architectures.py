@@ -146,11 +146,11 @@ def test_run_names_keep_the_protocol_runs_for_the_profile_model():
 
 
 def test_random_starts_only_where_no_local_weights_are(tmp_path, monkeypatch):
-    profile = config.get_profile("smoke", allow_random_imagenet=False)
+    profile = config.get_profile("smoke", allow_random=False)
     monkeypatch.setenv("MSTL_WEIGHTS_DIR", str(tmp_path))
     (tmp_path / models.spec_of("mobilenet_v2").local_file).write_bytes(b"")
-    assert architectures.model_profile(profile, "resnet18", allow_random=True).allow_random_imagenet
-    assert not architectures.model_profile(profile, "resnet18").allow_random_imagenet
+    assert architectures.model_profile(profile, "resnet18", allow_random=True).allow_random
+    assert not architectures.model_profile(profile, "resnet18").allow_random
     # The profile's own model with its weight file keeps the profile: the protocol's runs stay its runs.
     assert architectures.model_profile(profile, "mobilenet_v2", allow_random=True) == profile
     assert architectures.default_models(profile) == ["mobilenet_v2"]

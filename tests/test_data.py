@@ -120,3 +120,23 @@ def test_loader_yields_unit_range_floats(synthetic_root):
     images, labels = next(iter(stage.loader("train", batch_size=4, augment=True, generator=torch.Generator().manual_seed(0))))
     assert images.dtype == torch.float32 and images.shape == (4, 1, 16, 16)
     assert 0.0 <= images.min() and images.max() <= 1.0 and labels.dtype == torch.long
+
+
+def test_brain_tumor_mri_is_read_from_its_kaggle_layout(tmp_path, monkeypatch):
+    from mstl_utils.data import synthetic
+
+    monkeypatch.delenv("MSTL_DATA_DIR", raising=False)  # only the folder given here
+
+    synthetic.make_brain_tumor_mri(tmp_path / "downloads" / "brain_tumor_mri", n_per_class={"Training": 6, "Testing": 2})
+    source = data.locate("brain_tumor_mri", data="real", data_dir=tmp_path / "downloads")
+    table, classes = data.read_table(source)
+    assert classes == ("glioma", "meningioma", "notumor", "pituitary")
+    assert table.groupby("split").size().to_dict() == {"test": 8, "train": 24}
+    assert table.groupby(["split", "label"]).size().unstack().to_dict("index") == {
+        "test": {0: 2, 1: 2, 2: 2, 3: 2}, "train": {0: 6, 1: 6, 2: 6, 3: 6}}
+    stage = data.prepare("brain_tumor_mri", data="real", data_dir=tmp_path / "downloads", image_size=32, val_fraction=0.25)
+    assert stage.num_classes == 4 and stage.images.shape[1] == 1  # RGB and grey files alike become one grey channel
+    assert (stage.table["part"] == "test").sum() == 8  # the official Testing split is the test part
+    with pytest.raises(data.DataNotFoundError, match="lacks Testing/glioma"):
+        (tmp_path / "downloads" / "brain_tumor_mri" / "Testing" / "glioma").rename(tmp_path / "moved")
+        data.locate("brain_tumor_mri", data="real", data_dir=tmp_path / "downloads")

@@ -70,3 +70,14 @@ def test_real_data_match_the_committed_manifests(real_data_dir):
         hashes = repro.file_hashes(table["path"], source.root) if dataset == "head_ct" else None
         result = manifest.check(dataset, table, source.root, hashes)
         assert result is not None and result.matches, result and result.summary()
+
+
+def test_brain_tumor_mri_matches_its_committed_manifest(real_data_dir):
+    from mstl_utils import data
+    from mstl_utils.core import repro
+
+    source = data.locate("brain_tumor_mri", data="real", data_dir=real_data_dir)
+    table, classes = data.read_table(source)
+    assert len(table) == 7019 and len(classes) == 4
+    hashes = repro.file_hashes(table["path"], source.root)
+    assert data.verify(source, table, hashes) == "matches data/manifests/brain_tumor_mri.csv"

@@ -57,7 +57,7 @@ class Profile:
     compile: bool = False  # torch.compile the model (measured slower on the 2-core CI CPU: benchmark appendix)
     # When no ImageNet weights can be found: False stops with an error; True trains
     # from random weights and labels every result "random (ImageNet unavailable)".
-    allow_random_imagenet: bool = False
+    allow_random: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,7 +81,7 @@ PROFILES: dict[str, Profile] = {
         stage2=StageConfig("head_ct", num_epochs=2, batch_size=8),
         cv_folds=3,
         cv_repeats=1,
-        allow_random_imagenet=True,  # tests must run on machines without any weights
+        allow_random=True,  # tests must run on machines without any weights
     ),
     # Real data on a laptop CPU (about an hour on 2 cores): smaller images, fewer
     # stage-1 epochs and 3 of the 10 cross-validation repeats; everything else as the paper.

@@ -64,6 +64,13 @@ DATASETS = {
     ),
 }
 
+DATASETS["brain_tumor_mri"] = DatasetInfo(
+    # Compiled from figshare (Cheng et al. 2017), SARTAJ and Br35H; it stands in for the second paper's
+    # brain-tumour task. Kaggle's layout: Training/ and Testing/, one folder per class, mixed RGB and grey JPEG.
+    "brain_tumor_mri", "Brain Tumor MRI Dataset", "masoudnickparvar/brain-tumor-mri-dataset",
+    ("glioma", "meningioma", "notumor", "pituitary"),
+)
+
 #: Tasks that read another dataset's files and layout (the 3-class chest X-ray task reads chest_xray's).
 LAYOUT_OF = {"chest_xray3": "chest_xray"}
 
@@ -114,6 +121,10 @@ def find_layout(dataset: str, folder: Path) -> Path | None:
         elif dataset == "chest_xray":
             if all((candidate / split / label).is_dir() for split in ("train", "test") for label in ("NORMAL", "PNEUMONIA")):
                 return candidate
+        elif dataset == "brain_tumor_mri":
+            if all((candidate / split / label).is_dir() for split in BRAIN_SPLITS
+                   for label in DATASETS["brain_tumor_mri"].class_names):
+                return candidate
         else:
             raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASETS)}")
     return None
@@ -123,7 +134,8 @@ def diagnose(dataset: str, folder: Path) -> str:
     """Why ``folder`` holds no ``dataset`` layout, in words (for the not-found message)."""
     if not folder.exists():
         return "does not exist"
-    inner_names = {"head_ct", "chest_xray", "train", "val", "test", "NORMAL", "PNEUMONIA"}
+    inner_names = {"head_ct", "chest_xray", "train", "val", "test", "NORMAL", "PNEUMONIA", "brain_tumor_mri",
+                   *BRAIN_SPLITS, *DATASETS["brain_tumor_mri"].class_names}
     # Only a folder named like a part of a layout is looked above (never walk from "/").
     for up in (folder.parent, folder.parent.parent) if folder.name in inner_names else ():
         if find_layout(dataset, up) is not None:
@@ -131,6 +143,10 @@ def diagnose(dataset: str, folder: Path) -> str:
     for candidate in _walk(folder):
         if dataset == "head_ct" and (candidate / "head_ct").is_dir() and not (candidate / "labels.csv").is_file():
             return f"{candidate} has head_ct/ but no labels.csv beside it"
+        if dataset == "brain_tumor_mri" and any((candidate / split).is_dir() for split in BRAIN_SPLITS):
+            lacking = [f"{split}/{label}" for split in BRAIN_SPLITS for label in DATASETS["brain_tumor_mri"].class_names
+                       if not (candidate / split / label).is_dir()]
+            return f"{candidate} lacks {', '.join(lacking)}"
         if dataset == "chest_xray" and (candidate / "train").is_dir():
             lacking = [f"{split}/{label}" for split in ("train", "test") for label in ("NORMAL", "PNEUMONIA")
                        if not (candidate / split / label).is_dir()]
@@ -192,7 +208,8 @@ def locate(dataset: str, *, data: str = "auto", data_dir: str | Path | None = No
         _shout(f"{DATASETS[dataset].title}: no real data found, USING SYNTHETIC DATA. Results are not medical results.")
     root = paths.cache_dir() / "synthetic" / layout
     if find_layout(layout, root) is None:
-        (synthetic.make_head_ct if layout == "head_ct" else synthetic.make_chest_xray)(root)
+        {"head_ct": synthetic.make_head_ct, "chest_xray": synthetic.make_chest_xray,
+         "brain_tumor_mri": synthetic.make_brain_tumor_mri}[layout](root)
     return DataSource(dataset, find_layout(layout, root), "synthetic", "generated")
 
 
@@ -331,6 +348,24 @@ def read_image_folder(root: Path) -> tuple[pd.DataFrame, tuple[str, ...]]:
     return pd.DataFrame(rows), class_names
 
 
+#: The brain tumour set's folders of the Kaggle download, and the splits they are read as.
+BRAIN_SPLITS = {"Training": "train", "Testing": "test"}
+
+
+def read_brain_tumor_mri(root: Path) -> pd.DataFrame:
+    """``{Training,Testing}/<class>/*.jpg`` as a table: split train or test, one group per file (the same
+    image can sit in both splits under two names: the audit finds those byte-identical groups)."""
+    rows = []
+    for folder_name, split in BRAIN_SPLITS.items():
+        for label, name in enumerate(DATASETS["brain_tumor_mri"].class_names):
+            folder = root / folder_name / name
+            files = list(_images_by_stem(folder).values()) if folder.is_dir() else []
+            if not files:
+                raise DataFormatError(f"{folder}: no images; expected the {name} class's .jpg files")
+            rows.extend({"path": str(f), "label": label, "group": f.stem, "split": split} for f in files)
+    return pd.DataFrame(rows)
+
+
 def read_table(source: DataSource) -> tuple[pd.DataFrame, tuple[str, ...]]:
     """The dataset's table (path, label, group, split) and its class names."""
     if source.dataset == "head_ct" and source.origin != "path":
@@ -339,6 +374,8 @@ def read_table(source: DataSource) -> tuple[pd.DataFrame, tuple[str, ...]]:
         return read_chest_xray(source.root), DATASETS["chest_xray"].class_names
     if source.dataset == "chest_xray3" and source.origin != "path":
         return read_chest_xray3(source.root), DATASETS["chest_xray3"].class_names
+    if source.dataset == "brain_tumor_mri" and source.origin != "path":
+        return read_brain_tumor_mri(source.root), DATASETS["brain_tumor_mri"].class_names
     return read_image_folder(source.root)
 
 

@@ -3,7 +3,9 @@
 ``data/manifests/head_ct.csv`` lists every original file with its label and sha256
 (the Kaggle files are fixed; any change is a different dataset). ``chest_xray.csv``
 lists split, label and file name of every image (copies in circulation are often
-re-encoded, so names and counts are what can be checked). A check says exactly what
+re-encoded, so names and counts are what can be checked). ``brain_tumor_mri.csv`` lists split, label,
+file and sha256 of every image of the copy the project was built with (224 x 224, four Kaggle training
+files absent: ``../shared/data/brain_tumor_mri/README``). A check says exactly what
 differs: missing files, unexpected files, changed contents, counts per split and class.
 """
 
@@ -18,7 +20,8 @@ from ..core import paths
 from .images import DataFormatError
 
 MANIFEST_DIR = Path("data") / "manifests"
-COLUMNS = {"head_ct": ["split", "label", "file", "sha256"], "chest_xray": ["split", "label", "file"]}
+COLUMNS = {"head_ct": ["split", "label", "file", "sha256"], "chest_xray": ["split", "label", "file"],
+           "brain_tumor_mri": ["split", "label", "file", "sha256"]}
 
 
 @dataclass(frozen=True)

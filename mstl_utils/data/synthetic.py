@@ -84,3 +84,23 @@ def make_chest_xray(
                 array = _image(rng, label == "PNEUMONIA", (64, 64))
                 _save(array, root / "chest_xray" / split / label / name)
     return root
+
+
+#: The brain tumour MRI task's classes, in the Kaggle download's folder names.
+BRAIN_TUMOR_CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
+
+
+def make_brain_tumor_mri(root: str | Path, *, n_per_class: dict[str, int] | None = None, seed: int = 0) -> Path:
+    """Write ``{Training,Testing}/{glioma,meningioma,notumor,pituitary}/*.jpg`` with Kaggle-style names
+    (``Tr-gl_0000.jpg``, ``Te-no_0003.jpg``), every other image RGB as in the real set, which mixes RGB
+    and grey JPEGs. A class differs from the next by its brightness (and tumours by a bright blob)."""
+    root = Path(root)
+    n_per_class = n_per_class or {"Training": 12, "Testing": 4}
+    rng = np.random.default_rng(seed)
+    for split, count in n_per_class.items():
+        for k, label in enumerate(BRAIN_TUMOR_CLASSES):
+            for i in range(count):
+                array = np.clip(_image(rng, label != "notumor", (64, 64)).astype(int) + 12 * k, 0, 255).astype(np.uint8)
+                name = f"{split[:2]}-{label[:2]}_{i:04d}.jpg"
+                _save(array, root / split / label / name, mode="RGB" if i % 2 else "L")
+    return root

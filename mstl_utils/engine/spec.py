@@ -130,7 +130,7 @@ class RunSpec:
             "profile": p.name, "stage": self.stage, "model": p.model, "image_size": p.image_size, "data": p.data,
             "config": asdict(self.config), "deterministic": p.deterministic, "compile": p.compile,
             "device": self.device, "precision": self.precision,
-            "allow_random_imagenet": p.allow_random_imagenet,
+            "allow_random_imagenet": p.allow_random,
             "init": self.init if isinstance(self.init, str) else self.init.family,
         }
         if self.split is None:  # a dataset without an official test part is split by this share

@@ -61,7 +61,7 @@ def initial_model(spec: "RunSpec", *, num_classes: int, runs_root: str | Path | 
     profile = spec.profile
     if isinstance(spec.init, str):
         return models.build_model(profile.model, num_classes=num_classes, init=spec.init,
-                                  allow_random=profile.allow_random_imagenet, in_chans=spec.in_chans)
+                                  allow_random=profile.allow_random, in_chans=spec.in_chans)
     checkpoint, file = _checkpoint_of(spec.init, runs_root)
     if checkpoint.get("in_chans", 1) != spec.in_chans:
         raise ValueError(f"{spec.init.label} takes in_chans={checkpoint.get('in_chans', 1)}; "

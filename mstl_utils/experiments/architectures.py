@@ -119,9 +119,9 @@ def model_profile(profile: Profile, model: str, *, allow_random: bool = False) -
     weight file may start from random weights when none can be had (a model with a local file keeps the
     profile unchanged, so that the profile's own model keeps the protocol's runs)."""
     changed = profile.replace(model=model)
-    if (allow_random and not changed.allow_random_imagenet
+    if (allow_random and not changed.allow_random
             and not weights_available(model).startswith("local file")):
-        changed = changed.replace(allow_random_imagenet=True)
+        changed = changed.replace(allow_random=True)
     return changed
 
 

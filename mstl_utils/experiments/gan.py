@@ -838,7 +838,7 @@ def run(profile: Profile, config: GANConfig, *, tasks: tuple[str, ...] | list[st
     with ex if ex is not executor else contextlib.nullcontext(ex):
         gan_results = ex.run(specs, force=force, description="GAN runs")
         gans = {spec.class_name: gan_run(spec, result) for spec, result in zip(specs, gan_results)}
-        model, _ = feature_model(allow_random=profile.allow_random_imagenet, device=device)
+        model, _ = feature_model(allow_random=profile.allow_random, device=device)
         found_quality = []
         for spec in specs:  # held-out images: the validation part of the class's first task
             held_out, _, _ = spec.images(part="val", tasks=spec.tasks[:1])
