@@ -89,6 +89,33 @@ def arm_comparison(table: pd.DataFrame, *, metric: str = "accuracy", reference: 
     return fig
 
 
+def answer(summary: pd.DataFrame, *, reference: dict[str, float] | None = None, order: list[str] | None = None,
+           metric: str = "accuracy") -> plt.Figure:
+    """Each arm's mean ``metric`` with its interval (rows of ``analysis.arm_summary``), the paper's values beside."""
+    rows = summary[summary["metric"] == metric].set_index("arm")
+    order = [a for a in (order or list(rows.index)) if a in rows.index]
+    fig, ax = plt.subplots(figsize=(6.4, 0.55 * len(order) + 1.4))
+    colours = dict(zip(order, sns.color_palette("colorblind", len(order))))
+    for y, arm in enumerate(order):
+        row = rows.loc[arm]
+        ax.errorbar(row["mean"], y, xerr=[[row["mean"] - row["ci_low"]], [row["ci_high"] - row["mean"]]], fmt="o",
+                    color=colours[arm], capsize=4, lw=2)
+        ax.text(row["ci_high"] + 0.005, y, f" {row['mean']:.3f}", va="center", fontsize=8)
+        if reference and arm in reference:
+            ax.plot(reference[arm], y, marker="D", color="black", mfc="white", ms=7, ls="none",
+                    label="the paper's result" if arm == next(a for a in order if a in reference) else None)
+    ax.set_yticks(range(len(order)), order)
+    ax.invert_yaxis()
+    low = min([rows.loc[order, "ci_low"].min(), *(reference or {}).values()])
+    ax.set_xlim(low - 0.03, min(1.0, rows.loc[order, "ci_high"].max()) + 0.06)  # room for the value labels
+    ax.set_xlabel(f"head-CT test {metric} (mean and 95 % interval over the folds)")
+    if reference:
+        ax.legend(loc="lower left", fontsize=8, frameon=False)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def fold_distributions(folds: pd.DataFrame, *, metrics: tuple[str, ...] = ("accuracy", "auc"),
                        order: list[str] | None = None) -> plt.Figure:
     """One point per fold and arm (box behind), one panel per metric: the spread, not only the mean."""
