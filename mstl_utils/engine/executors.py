@@ -58,19 +58,25 @@ def default_workers(n_jobs: int, device: str = "cpu", cores: int | None = None) 
     return workers if n_jobs >= 4 * workers else 1
 
 
-def _env(runs_root: Path | None = None) -> dict[str, str]:
-    """The driver's configuration for a worker; the executor's runs folder as ``$MSTL_RUNS_DIR``."""
-    env = {k: os.environ[k] for k in ENV_PASSED if k in os.environ}
+def _env(runs_root: Path | None = None) -> dict[str, str | None]:
+    """The driver's configuration for a worker, unset variables as None (a worker must not keep a value of its
+    own: a Ray worker inherits the environment its cluster was started with); the executor's runs folder as
+    ``$MSTL_RUNS_DIR``."""
+    env: dict[str, str | None] = {k: os.environ.get(k) for k in ENV_PASSED}
     if runs_root is not None:
         env[paths.ENV_RUNS_DIR] = str(runs_root)
     return env
 
 
-def _set_env(env: dict[str, str]) -> None:
-    os.environ.update(env)
+def _set_env(env: dict[str, str | None]) -> None:
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
-def init_worker(threads: int, env: dict[str, str] | None = None) -> None:
+def init_worker(threads: int, env: dict[str, str | None] | None = None) -> None:
     """Set up a worker process: its share of the CPU threads, the driver's configuration, quiet logs."""
     torch.set_num_threads(threads)
     _set_env(env or {})
@@ -251,13 +257,13 @@ def _collect(futures: dict[Any, Any], progress: Progress) -> None:
 # --------------------------------------------------------------------------- Ray
 
 
-def _ray_train(spec: Any, runs_root: str, force: bool, threads: int, env: dict[str, str]) -> str:
+def _ray_train(spec: Any, runs_root: str, force: bool, threads: int, env: dict[str, str | None]) -> str:
     torch.set_num_threads(threads)
     _set_env(env)
     return _train(spec, runs_root, force)
 
 
-def _ray_call(fn: Callable[..., Any], item: Any, threads: int, env: dict[str, str]) -> Any:
+def _ray_call(fn: Callable[..., Any], item: Any, threads: int, env: dict[str, str | None]) -> Any:
     torch.set_num_threads(threads)
     _set_env(env)
     return fn(item)
