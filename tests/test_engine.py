@@ -451,3 +451,14 @@ def test_compile_compiles_the_training_step_only(monkeypatch):
     train.fit(model, data, data, num_epochs=2, lr=1e-2, device=torch.device("cpu"), compile=True, progress=False)
     options, recorded = compiled
     assert options == {"mode": None, "dynamic": False} and recorded.calls == 2 * 2  # 2 epochs x 2 training batches
+
+
+def test_a_worker_mirrors_the_drivers_configuration_unset_variables_included(monkeypatch, tmp_path):
+    monkeypatch.setenv("MSTL_DATA_DIR", "/data/here")
+    monkeypatch.delenv("MSTL_WEIGHTS_DIR", raising=False)
+    env = executors._env(tmp_path)
+    assert env["MSTL_DATA_DIR"] == "/data/here" and env["MSTL_WEIGHTS_DIR"] is None
+    assert env["MSTL_RUNS_DIR"] == str(tmp_path)
+    monkeypatch.setenv("MSTL_WEIGHTS_DIR", "/a/worker/own/value")  # as a Ray worker inherits from its cluster
+    executors._set_env(env)
+    assert "MSTL_WEIGHTS_DIR" not in os.environ and os.environ["MSTL_DATA_DIR"] == "/data/here"
