@@ -80,7 +80,7 @@ class Table:
         self.rows.append({"measurement": measurement, "variant": variant, "precision": precision,
                           "processes": processes, "batch_size": batch_size, "image_size": image_size,
                           "images": images, "seconds": seconds,
-                          "img_per_s": images / seconds if seconds > 0 else float("nan"),
+                          "img_per_s": images / seconds if seconds > 0 and images > 0 else float("nan"),
                           "extrapolated": extrapolated, "note": note, "device": repro.describe_device(self.device),
                           "torch": torch.__version__, "finished": repro.now()})
         log.info("%-10s %-60s %10.1f img/s  %8.1f s%s", measurement, variant, self.rows[-1]["img_per_s"], seconds,

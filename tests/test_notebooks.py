@@ -72,6 +72,7 @@ def smoke_book(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # the module's fixture executes every notebook first
 def test_smoke_study_executes_every_notebook(smoke_book):
     site, outputs = smoke_book
     assert [p.name for p in outputs] == [s.output for s in study.STEPS]
