@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -223,6 +224,60 @@ def execute(
     return output
 
 
+#: What a book is built from besides the executed notebooks: configuration, table of contents, prose pages.
+SITE_FILES = ("_config.yml", "_toc.yml")
+
+
+def prepare_site(site: str | Path, *, root: Path | None = None) -> Path:
+    """Make ``site`` a folder a book can be built from (``jupyter-book build SITE``): the configuration, the
+    prose pages, and the committed executed notebooks and tables of every chapter this study does not
+    re-execute (each page's header says which run and code version made it). Files already in ``site`` are
+    kept. Returns ``site/book``, where the study's executed notebooks go."""
+    root = root or paths.project_root()
+    site = Path(site)
+    book = site / "book"
+    for name in SITE_FILES:
+        if not (site / name).is_file():
+            (site / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, site / name)
+    for page in sorted((root / "book").iterdir()):
+        target = book / page.name
+        if page.is_file() and not target.exists():
+            book.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(page, target)
+    (book / "results").mkdir(parents=True, exist_ok=True)
+    for table in sorted((root / "book" / "results").glob("*")):
+        if table.is_file() and not (book / "results" / table.name).exists():
+            shutil.copy2(table, book / "results" / table.name)
+    return book
+
+
+def book_config(repository_url: str | None, site: str | Path = ".", *, root: Path | None = None) -> Path:
+    """The book's configuration with launch buttons (Binder, Colab) for ``repository_url`` (e.g.
+    ``https://github.com/owner/mstl``), written as ``SITE/.book-config.yml`` for ``jupyter-book build --config``.
+    Without an address the committed ``_config.yml`` is used as it is: it has no launch buttons, since a
+    button pointing to a placeholder repository sends readers nowhere."""
+    import yaml
+
+    root = root or paths.project_root()
+    site = Path(site)
+    config = yaml.safe_load((site / "_config.yml" if (site / "_config.yml").is_file() else root / "_config.yml")
+                            .read_text())
+    if not repository_url:
+        return site / "_config.yml"
+    if not re.fullmatch(r"https://[\w.-]+/[\w.-]+/[\w.-]+/?", repository_url):
+        raise ValueError(f"setting REPOSITORY={repository_url!r} is not allowed; expected a repository address "
+                         "such as https://github.com/owner/mstl")
+    config["repository"] = {"url": repository_url.rstrip("/"), "path_to_book": "", "branch": "main"}
+    config.setdefault("html", {})["use_repository_button"] = True
+    # Binder builds binder/ (environment.yml + postBuild); Colab needs the setup cell of book/teach.md.
+    config["launch_buttons"] = {"notebook_interface": "jupyterlab", "binderhub_url": "https://mybinder.org",
+                                "colab_url": "https://colab.research.google.com"}
+    path = site / ".book-config.yml"
+    repro.atomic_write(path, lambda tmp: tmp.write_text(yaml.safe_dump(config, sort_keys=False)))
+    return path
+
+
 def write_status(sources_synthetic: bool, output_dir: str | Path) -> Path:
     """``book/_status.md``: included at the top of every prose page; loud when data were synthetic."""
     path = Path(output_dir) / "_status.md"
@@ -328,7 +383,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="quick", help="smoke | quick | paper (default: quick)")
     parser.add_argument("--data", default=None, choices=["auto", "real", "synthetic"],
                         help="override the profile's data mode")
-    parser.add_argument("--output", default="book", help="folder for executed notebooks (default: book)")
+    parser.add_argument("--output", default=None, help="folder for executed notebooks (default: book, or SITE/book)")
+    parser.add_argument("--site", default=None,
+                        help="a folder of its own for a study of other settings (make study OUT=...): the executed "
+                             "notebooks and tables go to SITE/book, with what a book needs to be built from SITE")
+    parser.add_argument("--book-config", default=None, metavar="REPOSITORY",
+                        help="print the path of the book configuration with launch buttons for this repository "
+                             "address (make book REPOSITORY=...) and stop")
     parser.add_argument("--results", default=None, help="folder for result tables (default: <output>/results)")
     parser.add_argument("--force", action="store_true", help="re-run stages even when complete")
     parser.add_argument("--workers", type=int, default=None,
@@ -346,12 +407,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()
+    if args.book_config is not None:
+        print(book_config(args.book_config, args.site or "."))
+        return 0
+    args.output = args.output or (os.path.join(args.site, "book") if args.site else "book")
     results_dir = args.results or os.path.join(args.output, "results")
     if args.plan:
         print(plan_text(select(args.chapters, output_dir=args.output), profile=args.profile, results_dir=results_dir))
         return 0
     try:
         settings = parse_settings(args.set, args.params)
+        if args.site:
+            prepare_site(args.site)
         run(args.profile, data=args.data, output_dir=args.output, results_dir=results_dir, force=args.force,
             workers=args.workers, executor=args.executor, chapters=args.chapters, settings=settings)
     except (NotebookFailed, ValueError) as error:

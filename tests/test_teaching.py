@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -350,12 +351,24 @@ def test_glossary_defines_each_term_once_and_every_link_resolves():
             assert (target.group(1) if target else link).lower() in lowered, f"{{term}} link to an undefined term: {link}"
 
 
-def test_launch_buttons_and_their_binder_environment():
-    cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
+def test_launch_buttons_only_with_a_repository_address(tmp_path):
+    from mstl_utils import study
+
+    committed = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert "launch_buttons" not in committed and "repository" not in committed  # no placeholder address
+    assert study.book_config(None, ROOT) == ROOT / "_config.yml"
+    shutil.copy(ROOT / "_config.yml", tmp_path / "_config.yml")
+    cfg = yaml.safe_load(study.book_config("https://github.com/someone/mstl", tmp_path).read_text())
     launch, repository = cfg["launch_buttons"], cfg["repository"]
     assert launch["binderhub_url"].startswith("https://") and launch["colab_url"].startswith("https://")
-    assert repository["url"].startswith("https://github.com/") and repository["branch"]
+    assert repository["url"] == "https://github.com/someone/mstl" and repository["branch"]
     assert repository.get("path_to_book", "") in ("", None), "a path_to_book puts it into every launch link"
+    assert cfg["bibtex_bibfiles"] == committed["bibtex_bibfiles"]  # the rest as committed
+    with pytest.raises(ValueError, match="REPOSITORY='github.com/x'"):
+        study.book_config("github.com/x", tmp_path)
+
+
+def test_binder_environment():
     # repo2docker installs binder/environment.yml before it copies the repository, so the
     # project itself must be installed by postBuild, not by "-e ." in the environment.
     environment = (ROOT / "binder" / "environment.yml").read_text()

@@ -163,13 +163,14 @@ def shortcut_experiment(props: pd.DataFrame, *, n_splits: int = 5, n_repeats: in
     (repeated stratified k-fold accuracy and AUC, mean and SD over folds)."""
     cv = RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=seed)
     y = props["label"].to_numpy()
+    auc = "roc_auc" if len(np.unique(y)) == 2 else "roc_auc_ovr"  # more classes: one-vs-rest macro AUC
     rows = []
     for name, columns in SHORTCUT_FEATURES.items():
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-        scores = cross_validate(model, props[columns].to_numpy(), y, cv=cv, scoring=("accuracy", "roc_auc"))
+        scores = cross_validate(model, props[columns].to_numpy(), y, cv=cv, scoring=("accuracy", auc))
         rows.append({"features": name, "accuracy": scores["test_accuracy"].mean(),
-                     "accuracy_sd": scores["test_accuracy"].std(ddof=1), "auc": scores["test_roc_auc"].mean(),
-                     "auc_sd": scores["test_roc_auc"].std(ddof=1), "folds": len(scores["test_accuracy"])})
+                     "accuracy_sd": scores["test_accuracy"].std(ddof=1), "auc": scores[f"test_{auc}"].mean(),
+                     "auc_sd": scores[f"test_{auc}"].std(ddof=1), "folds": len(scores["test_accuracy"])})
     return pd.DataFrame(rows)
 
 

@@ -104,3 +104,19 @@ def make_brain_tumor_mri(root: str | Path, *, n_per_class: dict[str, int] | None
                 name = f"{split[:2]}-{label[:2]}_{i:04d}.jpg"
                 _save(array, root / split / label / name, mode="RGB" if i % 2 else "L")
     return root
+
+
+def make_image_folder(root: str | Path, *, classes: tuple[str, ...] = ("alpha", "beta", "gamma"),
+                      n_per_class: int = 12, seed: int = 0) -> Path:
+    """Write ``<class>/*.png`` for each of ``classes``: a plain ImageFolder (no ``train/val/test`` above the
+    class folders), as a user's own dataset would be. Class k carries k bright blobs, so every class is
+    learnable from the images and none is a brightness copy of another."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for k, label in enumerate(classes):
+        for i in range(n_per_class):
+            array = _image(rng, False, (64, 64)).astype(float)
+            for _ in range(k):
+                array += _image(rng, True, (64, 64)).astype(float) - _image(rng, False, (64, 64)).astype(float)
+            _save(np.clip(array, 0, 255).astype(np.uint8), root / label / f"{label}_{i:03d}.png")
+    return root

@@ -33,7 +33,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from .. import __version__
-from ..core import paths, repro
+from ..core import environment, paths, repro
 from . import locks
 
 log = logging.getLogger(__name__)
@@ -231,6 +231,7 @@ def run(spec: Any, *, runs_root: str | Path | None = None, force: bool = False, 
             "run": spec.relpath.as_posix() if hasattr(spec.relpath, "as_posix") else str(spec.relpath),
             "code": {**repro.git_version(paths.project_root()), "package_version": __version__},
             "hardware": repro.hardware(),
+            "environment": environment.status(),  # the lock file's hash and every installed version that differs
             "resumed_after_epoch": context.resumed_after,
             "states_saved": context.states_saved,
             "started": started,

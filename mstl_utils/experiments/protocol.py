@@ -29,10 +29,14 @@ log = logging.getLogger(__name__)
 #: The committed fold assignment of the real head-CT set (5 folds x 10 repeats, seed 0).
 FOLDS_FILE = Path("data") / "folds" / "head_ct_folds.csv"
 
-#: Columns of ``stage2_folds.csv``: one row per arm, repeat and fold (the results contract).
+#: Columns of ``stage2_folds.csv``: one row per arm, repeat and fold (the results contract). For a target
+#: of more than 2 classes ``auc`` is the one-vs-rest macro AUC, and sensitivity, specificity and f1 (the
+#: positive class's) are empty: ``class_recall`` gives each class's recall instead.
 FOLD_RESULT_COLUMNS = ["arm", "repeat", "fold", "seed", "n_train", "n_test", "accuracy", "auc", "sensitivity",
                        "specificity", "f1", "balanced_accuracy", "profile"]
-#: Columns of ``stage2_oof.csv``: the out-of-fold probability of hemorrhage for every image and repeat.
+#: Columns of ``stage2_oof.csv`` for a 2-class target: the out-of-fold probability of the second class
+#: (head CT: hemorrhage) for every image and repeat. A target of more classes has ``pred`` (the arg-max
+#: class) and one ``prob_<class>`` column per class in place of ``prob``.
 OOF_COLUMNS = ["arm", "repeat", "image_id", "label", "prob"]
 
 
@@ -254,6 +258,18 @@ def core_specs(profile: Profile, *, data_dir: str | Path | None = None,
             + [r.spec for r in plan(profile, folds, data_dir=data_dir)])
 
 
+def paper_accuracy(profile: Profile) -> dict[str, float] | None:
+    """The paper's head-CT accuracies (``config.PAPER_HEAD_CT_ACCURACY``) where the target is the paper's,
+    None for any other target: a figure or verdict never sets a study of another target against them."""
+    return config.PAPER_HEAD_CT_ACCURACY if profile.stage2.dataset == "head_ct" else None
+
+
+def paper_gain(profile: Profile) -> float | None:
+    """The paper's multistage - imagenet accuracy gain, None for a target other than the paper's."""
+    paper = paper_accuracy(profile)
+    return paper["multistage"] - paper["imagenet"] if paper else None
+
+
 def _arm(result: RunResult) -> str:
     return result.config["name"].removeprefix("cv_")
 
@@ -266,9 +282,37 @@ def fold_table(results: list[RunResult]) -> pd.DataFrame:
         counts = pd.DataFrame(result.metrics["provenance"]["split_counts"]).groupby("part")["n"].sum()
         rows.append({"arm": _arm(result), "repeat": split["repeat"], "fold": split["fold"],
                      "seed": result.config["seed"], "n_train": int(counts["train"]), "n_test": int(counts["test"]),
-                     **{k: result.metrics[k] for k in FOLD_RESULT_COLUMNS[6:12]},
+                     **{k: _metric(result.metrics, k) for k in FOLD_RESULT_COLUMNS[6:12]},
                      "profile": result.config["profile"]})
     return pd.DataFrame(rows, columns=FOLD_RESULT_COLUMNS)
+
+
+def _metric(metrics: dict, name: str) -> float:
+    """A fold-table metric from a run's ``metrics.json``: a multi-class run's AUC is its macro AUC,
+    and the binary-only metrics (sensitivity, specificity, f1) are empty for it."""
+    if name == "auc" and "auc" not in metrics:
+        return metrics.get("auc_macro", float("nan"))
+    return metrics.get(name, float("nan"))
+
+
+def class_names(results: list[RunResult]) -> tuple[str, ...]:
+    """The target's class names, in label order, from the first run's ``predictions.csv``."""
+    return tuple(c.removeprefix("prob_") for c in results[0].predictions.columns if c.startswith("prob_"))
+
+
+def oof_predictions(oof: pd.DataFrame, *, threshold: float = 0.5) -> pd.Series:
+    """The predicted class of each row of ``stage2_oof.csv``: ``prob >= threshold`` for a 2-class
+    target, the arg-max class (``pred``) for more classes."""
+    return (oof["prob"] >= threshold).astype(int) if "prob" in oof else oof["pred"].astype(int)
+
+
+def class_recall(oof: pd.DataFrame, names: tuple[str, ...]) -> pd.DataFrame:
+    """``stage2_class_recall.csv``: per arm and class, the recall of the pooled out-of-fold predictions
+    (every repeat's), with the number of predictions it counts: columns arm, class, recall, n."""
+    correct = oof.assign(correct=(oof_predictions(oof) == oof["label"]).astype(int))
+    table = correct.groupby(["arm", "label"], sort=False)["correct"].agg(["mean", "size"]).reset_index()
+    table["class"] = [names[int(k)] for k in table["label"]]
+    return table.rename(columns={"mean": "recall", "size": "n"})[["arm", "class", "recall", "n"]]
 
 
 def positive_probability(predictions: pd.DataFrame) -> pd.Series:
@@ -282,14 +326,22 @@ def positive_probability(predictions: pd.DataFrame) -> pd.Series:
 
 def oof_table(results: list[RunResult]) -> pd.DataFrame:
     """``stage2_oof.csv``: each image's out-of-fold probability of the positive class (head CT: hemorrhage),
-    per arm and repeat. ``image_id`` is the image's id, or its file where a group (patient) has several."""
+    per arm and repeat; for a target of more classes its predicted class and every class's probability
+    (``OOF_COLUMNS``). ``image_id`` is the image's id, or its file where a group (patient) has several."""
     parts = []
     for result in results:
         pred = result.predictions
         ids = pred["image_id"] if pred["image_id"].is_unique else pred["file"]
-        parts.append(pd.DataFrame({"arm": _arm(result), "repeat": result.config["split"]["repeat"],
-                                   "image_id": ids, "label": pred["label"], "prob": positive_probability(pred)}))
-    table = pd.concat(parts, ignore_index=True)[OOF_COLUMNS]
+        part = pd.DataFrame({"arm": _arm(result), "repeat": result.config["split"]["repeat"],
+                             "image_id": ids, "label": pred["label"]})
+        probs = [c for c in pred.columns if c.startswith("prob_")]
+        if len(probs) == 2:
+            part["prob"] = positive_probability(pred)
+        else:
+            part["pred"] = pred["pred"]
+            part[probs] = pred[probs]
+        parts.append(part)
+    table = pd.concat(parts, ignore_index=True)
     return table.sort_values(["arm", "repeat", "image_id"], ignore_index=True)
 
 

@@ -35,12 +35,15 @@ def arm_summary(folds: pd.DataFrame, *, metrics: Sequence[str] = METRICS, level:
     """Per arm and metric: mean, SD and t interval over the fold results, and the number of folds.
 
     The interval treats folds as independent and is therefore too narrow (folds share
-    training images); the corrected paired tests in ``protocol_tests`` do not.
+    training images); the corrected paired tests in ``protocol_tests`` do not. A metric no fold has
+    (sensitivity and specificity of a target of more than 2 classes) is left out.
     """
     rows = []
     for arm, group in folds.groupby("arm", sort=False):
         for metric in metrics:
-            rows.append({"arm": arm, "metric": metric, **st.mean_ci(group[metric].dropna(), level=level)})
+            values = group[metric].dropna()
+            if len(values):
+                rows.append({"arm": arm, "metric": metric, **st.mean_ci(values, level=level)})
     return pd.DataFrame(rows)
 
 
@@ -70,9 +73,9 @@ def corrected_tests(folds: pd.DataFrame, *, metrics: Sequence[str] = ("accuracy"
     return pd.concat(tables, ignore_index=True)[TEST_COLUMNS]
 
 
-def _oof_wide(oof: pd.DataFrame, repeat: int) -> pd.DataFrame:
+def _oof_wide(oof: pd.DataFrame, repeat: int, values: str = "prob") -> pd.DataFrame:
     rows = oof[oof["repeat"] == repeat]
-    wide = rows.pivot(index="image_id", columns="arm", values="prob")
+    wide = rows.pivot(index="image_id", columns="arm", values=values)
     labels = rows.groupby("image_id")["label"].first()
     if wide.isna().any().any():
         arm = wide.columns[wide.isna().any()][0]
@@ -83,30 +86,35 @@ def _oof_wide(oof: pd.DataFrame, repeat: int) -> pd.DataFrame:
 def pooled_tests(oof: pd.DataFrame, *, pairs: Sequence[tuple[str, str]] | None = None, threshold: float = 0.5,
                  level: float = 0.95) -> pd.DataFrame:
     """Per repeat, on the pooled out-of-fold predictions of every image: exact McNemar on
-    correctness and DeLong on AUC, Holm-adjusted over the pairs within each repeat and test.
+    correctness and (for a 2-class target) DeLong on AUC, Holm-adjusted over the pairs within each
+    repeat and test. A target of more classes is judged correct by its arg-max class (``pred``);
+    DeLong's test is for one ROC curve, so it is left out there.
 
     The ``test`` column names the repeat (``mcnemar_exact/repeat0``): repeats reuse the same
     images, so their p-values are not independent and are shown side by side, not combined.
     """
     pairs = _pairs(list(pd.unique(oof["arm"])), pairs)
+    binary = "prob" in oof
     tables = []
     for repeat in sorted(oof["repeat"].unique()):
-        wide = _oof_wide(oof, repeat)
+        wide = _oof_wide(oof, repeat, "prob" if binary else "pred")
         y = wide["label"].to_numpy()
         mcnemar_rows, delong_rows = [], []
         for a, b in pairs:
-            correct_a = (wide[a].to_numpy() >= threshold) == y
-            correct_b = (wide[b].to_numpy() >= threshold) == y
+            correct_a = ((wide[a].to_numpy() >= threshold) if binary else wide[a].to_numpy()) == y
+            correct_b = ((wide[b].to_numpy() >= threshold) if binary else wide[b].to_numpy()) == y
             mc = st.mcnemar_exact(correct_a, correct_b)
             mcnemar_rows.append({"arm_a": a, "arm_b": b, "metric": "accuracy",
                                  "mean_diff": float(correct_a.mean() - correct_b.mean()),
                                  "ci_low": np.nan, "ci_high": np.nan, "test": f"mcnemar_exact/repeat{repeat}",
                                  "statistic": float(mc["n_discordant"]), "p_value": mc["p_value"]})
+            if not binary:
+                continue
             dl = st.delong_test(y, wide[a], wide[b], level=level)
             delong_rows.append({"arm_a": a, "arm_b": b, "metric": "auc", "mean_diff": dl["diff"],
                                 "ci_low": dl["ci_low"], "ci_high": dl["ci_high"], "test": f"delong/repeat{repeat}",
                                 "statistic": dl["z"], "p_value": dl["p_value"]})
-        for rows in (mcnemar_rows, delong_rows):
+        for rows in (mcnemar_rows, delong_rows) if binary else (mcnemar_rows,):
             table = pd.DataFrame(rows)
             table["p_adjusted"] = st.adjust_pvalues(table["p_value"], method="holm")
             tables.append(table)
@@ -191,7 +199,7 @@ def tuning_tests(outer: pd.DataFrame, *, metrics: Sequence[str] = ("accuracy", "
 # --------------------------------------------------------------------------- the results chapter
 
 
-def verdicts(tests: pd.DataFrame, *, alpha: float, paper_gain: float) -> dict[str, str]:
+def verdicts(tests: pd.DataFrame, *, alpha: float, paper_gain: float | None) -> dict[str, str]:
     """The results chapter's three answers: the paper's claim, ImageNet's contribution, the bridge's alone."""
     return {"verdict": verdict(tests, alpha=alpha, paper_gain=paper_gain),
             "verdict_imagenet": verdict(tests, arm_a="imagenet", arm_b="scratch", alpha=alpha),
@@ -199,8 +207,10 @@ def verdicts(tests: pd.DataFrame, *, alpha: float, paper_gain: float) -> dict[st
 
 
 def results_glue(tests: pd.DataFrame, folds: pd.DataFrame, paper_split: pd.DataFrame, *, alpha: float,
-                 paper_accuracy: dict[str, float]) -> dict[str, object]:
-    """Every number the results chapter's prose glues, from its tables."""
+                 paper_accuracy: dict[str, float] | None) -> dict[str, object]:
+    """Every number the results chapter's prose glues, from its tables. ``paper_accuracy`` is None for
+    a target other than the paper's: its numbers are then empty (NaN), never compared."""
+    paper_accuracy = paper_accuracy or {"imagenet": float("nan"), "multistage": float("nan")}
     paper_gain = paper_accuracy["multistage"] - paper_accuracy["imagenet"]
     primary = tests[tests["test"] == "nadeau_bengio"]
     claim = primary[(primary["arm_a"] == "multistage") & (primary["arm_b"] == "imagenet")
@@ -218,14 +228,14 @@ def results_glue(tests: pd.DataFrame, folds: pd.DataFrame, paper_split: pd.DataF
     values.update(n_mcnemar_repeats=len(mcnemar), n_mcnemar_significant=int((mcnemar["p_adjusted"] < alpha).sum()))
     # The paper's own setting: one split of 40 test images per seed.
     n_test = int(paper_split["n_test"].iloc[0])
-    gain_images = round(paper_gain * n_test)
+    gain_images = round(paper_gain * n_test) if np.isfinite(paper_gain) else 0
     best_case = st.mcnemar_exact([True] * n_test, [True] * (n_test - gain_images) + [False] * gain_images)
     paired = paper_split_pairs(paper_split)
     for arm in ("imagenet", "multistage"):
         values[f"paper_acc_{arm}"] = paper_accuracy[arm]
         values[f"split_acc_{arm}"] = float(paired[arm].mean())
     values.update(paper_n_test=n_test, paper_n_seeds=len(paired), paper_gain_images=gain_images,
-                  paper_best_case_p=best_case["p_value"],
+                  paper_best_case_p=best_case["p_value"] if np.isfinite(paper_gain) else float("nan"),
                   split_n_multistage_better=int((paired["multistage"] > paired["imagenet"]).sum()),
                   split_n_multistage_worse=int((paired["multistage"] < paired["imagenet"]).sum()))
     return values

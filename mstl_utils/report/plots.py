@@ -89,6 +89,21 @@ def arm_comparison(table: pd.DataFrame, *, metric: str = "accuracy", reference: 
     return fig
 
 
+def oof_roc(oof: pd.DataFrame, arms: list[str], *, title: str = "") -> plt.Figure:
+    """ROC curve of each arm's pooled out-of-fold predictions (``stage2_oof.csv``). For a target of more
+    than 2 classes, the micro-averaged one-vs-rest curve: every (image, class) pair counted as one decision."""
+    curves = {}
+    for arm in arms:
+        rows = oof[oof["arm"] == arm]
+        if "prob" in rows:
+            curves[arm] = (rows["label"].to_numpy(), rows["prob"].to_numpy())
+        else:
+            probs = rows[[c for c in rows.columns if c.startswith("prob_")]].to_numpy()
+            onehot = np.eye(probs.shape[1], dtype=int)[rows["label"].to_numpy().astype(int)]
+            curves[arm] = (onehot.ravel(), probs.ravel())
+    return roc(curves, title=title if "prob" in oof else f"{title} (one-vs-rest, micro-averaged)")
+
+
 def answer(summary: pd.DataFrame, *, reference: dict[str, float] | None = None, order: list[str] | None = None,
            metric: str = "accuracy") -> plt.Figure:
     """Each arm's mean ``metric`` with its interval (rows of ``analysis.arm_summary``), the paper's values beside."""

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from ..core import config, paths, repro
+from ..core import config, environment, paths, repro
 
 #: Columns of ``stage1_test.csv`` (the contract other chapters and reviewers read).
 STAGE1_COLUMNS = ["model", "init_from", "profile", "seed", "image_size", "accuracy", "auc", "sensitivity", "specificity", "n_test"]
@@ -69,6 +69,17 @@ def changed_settings(profile: dict[str, Any]) -> dict[str, Any]:
     return changed
 
 
+def public_profile(profile: dict[str, Any]) -> dict[str, Any]:
+    """``profile`` as a page may show it: a dataset given as a folder is named relative to the project, or
+    as ``<external>/<folder name>`` (published pages carry no absolute paths)."""
+    shown = json.loads(json.dumps(profile, default=str))
+    for stage in ("stage1", "stage2"):
+        dataset = str(shown[stage]["dataset"])
+        if "/" in dataset or "\\" in dataset:
+            shown[stage]["dataset"] = paths.relative(dataset)
+    return shown
+
+
 def provenance(metrics: Iterable[dict[str, Any]], *, profile: dict[str, Any]) -> dict[str, Any]:
     """The provenance of a chapter: the profile and the settings changed in it, this execution (code version,
     time), and the runs it read, with their data and weights checksums, hardware and the code versions that
@@ -80,10 +91,12 @@ def provenance(metrics: Iterable[dict[str, Any]], *, profile: dict[str, Any]) ->
     weights = sorted({(p["weights"]["source"], p["weights"]["file"], p["weights"]["sha256"]) for p in provs
                       if p["weights"]["init"] == "imagenet"}, key=str)
     commits = sorted({(p["code"].get("commit") or "unknown")[:10] for p in provs})
+    profile = public_profile(profile)
     return {
         "profile": profile,
         "changed_settings": changed_settings(profile),
-        "executed": {"code": {**repro.git_version(paths.project_root())}, "at": repro.now()},
+        "executed": {"code": {**repro.git_version(paths.project_root())}, "at": repro.now(),
+                     "environment": environment.status()},
         "hardware": provs[-1]["hardware"],
         "device": provs[-1]["device"],
         "data": data,
@@ -117,12 +130,24 @@ def provenance_markdown(prov: dict[str, Any]) -> str:
         f"- **Code version:** {version} (this page executed {executed['at']} UTC)",
         f"- **Runs read:** {len(prov['runs'])}, made {prov['started']} to {prov['finished']} (UTC) by code version(s) "
         f"{', '.join(commits)} (a complete run with the same settings is reused, never trained again)",
-        f"- **Hardware:** {prov['device']}; torch {prov['hardware']['torch']}, Python {prov['hardware']['python']}",
+        f"- **Hardware:** {prov['device']}; torch {prov['hardware']['torch']}, Python {prov['hardware']['python']}"
+        f"{environment_text(executed.get('environment'))}",
         f"- **Data:** {data}",
         f"- **Weights:** {weights}",
     ]
     # "$" would start inline mathematics in the rendered page (an environment variable in a data origin).
     return "\n".join(lines).replace("$", "\\$")
+
+
+def environment_text(env: dict[str, Any] | None) -> str:
+    """How the environment compares with the lock file, for the page header ("" where not recorded)."""
+    if not env or env.get("sha256") is None:
+        return ""
+    differs = env["differs"] or {}
+    where = (f"{len(differs)} version(s) differ: " + ", ".join(
+        f"{name} {v['installed']} for {v['locked']}" for name, v in sorted(differs.items())[:4])
+        + (", ..." if len(differs) > 4 else "")) if differs else "every locked version installed"
+    return f"; environment: `{env['file']}` (sha256 {env['sha256'][:12]}...), {where}"
 
 
 def page_header(prov: dict[str, Any]):
