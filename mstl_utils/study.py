@@ -287,7 +287,70 @@ def write_status(sources_synthetic: bool, output_dir: str | Path) -> Path:
 
 
 #: Columns of ``study_time.csv``: the wall time of each executed notebook (the benchmark appendix reads it).
-TIME_COLUMNS = ["step", "notebook", "seconds", "profile", "force", "workers", "finished"]
+#: ``runs_trained`` and ``runs_reused`` count the runs the notebook trained and read back complete (from its
+#: log): a time measured while reusing runs is not what a fresh study takes. ``commit``: the code version.
+TIME_COLUMNS = ["step", "notebook", "seconds", "profile", "force", "workers", "finished", "runs_trained",
+                "runs_reused", "commit"]
+
+
+def run_counts(log_file: str | Path) -> tuple[int, int]:
+    """Runs a notebook trained and runs it reused, counted from its log file (``engine.lifecycle``'s lines)."""
+    text = Path(log_file).read_text() if Path(log_file).is_file() else ""
+    trained = len(re.findall(r": trained in \d+ s$", text, re.M))
+    reused = sum(int(n) for n in re.findall(r"(\d+) complete and reused", text))
+    reused += len(re.findall(r"trained meanwhile by another process, reused$", text, re.M))
+    return trained, reused
+
+
+#: Where a chapter page names the code version that executed it (``results.provenance_markdown``).
+_PAGE_VERSION = re.compile(r"Code version:\*\* ([0-9a-f]{7,10}|unknown)( \+ uncommitted changes)?")
+
+
+def executions(output_dir: str | Path = "book", results_dir: str | Path | None = None) -> pd.DataFrame:
+    """Each executed chapter of the book: its notebook, the code version that executed it (the page's header,
+    else ``study_time.csv``) and when it finished. Columns notebook, commit, executed."""
+    output_dir = Path(output_dir)
+    times_file = Path(results_dir or output_dir / "results") / "study_time.csv"
+    times = pd.read_csv(times_file) if times_file.is_file() else pd.DataFrame(columns=TIME_COLUMNS)
+    recorded = dict(zip(times["notebook"], times["commit"])) if "commit" in times else {}
+    rows = []
+    for step in STEPS:
+        path = output_dir / step.output
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        found = _PAGE_VERSION.search(text.replace('\\"', ""))
+        commit = (found.group(1) + (" + uncommitted changes" if found.group(2) else "")) if found else None
+        if commit is None and isinstance(recorded.get(step.output), str):
+            commit = recorded[step.output]
+        finished = json.loads(text).get("metadata", {}).get("papermill", {}).get("end_time") or ""
+        rows.append({"notebook": step.name, "commit": commit or "not recorded", "executed": finished[:16].replace("T", " ")})
+    return pd.DataFrame(rows, columns=["notebook", "commit", "executed"])
+
+
+def write_executions(output_dir: str | Path = "book", results_dir: str | Path | None = None) -> Path:
+    """``book/_executions.md``, included by the introduction: the code version every chapter was executed at,
+    one sentence when they agree and a table when they do not (a chapter not re-executed keeps its page)."""
+    table = executions(output_dir, results_dir)
+    versions = sorted(set(table["commit"]))
+    if len(versions) == 1:
+        text = (f"Every chapter of this build was executed at code version `{versions[0]}` "
+                f"({table['executed'].min()} to {table['executed'].max()} UTC).\n")
+    else:
+        lines = [f"The chapters of this build come from {len(versions)} code versions: a chapter that was not "
+                 "re-executed keeps the page of its last execution, and its header names the runs it read.", "",
+                 "| chapter | code version | executed (UTC) |", "|---|---|---|"]
+        lines += [f"| {{doc}}`{r.notebook}` | `{r.commit}` | {r.executed} |" for r in table.itertuples()]
+        text = "\n".join(lines) + "\n"
+    path = Path(output_dir) / "_executions.md"
+    repro.atomic_write(path, lambda tmp: tmp.write_text(text))
+    return path
+
+
+
+def _version() -> str:
+    code = repro.git_version(paths.project_root())
+    return f"{(code['commit'] or 'unknown')[:10]}{' + uncommitted changes' if code['dirty'] else ''}"
 
 
 def estimates(results_dir: str | Path = "book/results") -> dict[str, float]:
@@ -337,15 +400,19 @@ def run(profile: str, *, data: str | None = None, output_dir: str | Path = "book
         start = time.perf_counter()
         outputs.append(execute(step, profile=profile, data=data, output_dir=output_dir, results_dir=results_dir,
                                force=force, workers=workers, executor=executor, settings=settings))
+        trained, reused = run_counts(paths.runs_dir() / "_logs" / f"{step.name}.log")
         times.append({"step": STEPS.index(step) + 1, "notebook": step.output, "seconds": time.perf_counter() - start,
                       "profile": profile, "force": force, "workers": "auto" if workers is None else workers,
-                      "finished": repro.now()})
+                      "finished": repro.now(), "runs_trained": trained, "runs_reused": reused,
+                      "commit": _version()})
         left = max(0.0, left - measured.get(step.output, 0))
         bar.update()
         # After every step, so that the last notebook (the benchmark appendix) sees the steps before it.
-        table = pd.concat([kept, pd.DataFrame(times, columns=TIME_COLUMNS)], ignore_index=True).sort_values("step")
+        table = pd.concat([kept.reindex(columns=TIME_COLUMNS), pd.DataFrame(times, columns=TIME_COLUMNS)],
+                          ignore_index=True).sort_values("step")
         results.save_table(table[TIME_COLUMNS], "study_time.csv", results_dir)
     bar.close()
+    write_executions(output_dir, results_dir)
     provenance_file = Path(results_dir) / "provenance.json"
     if provenance_file.is_file():
         prov = json.loads(provenance_file.read_text())

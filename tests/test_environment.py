@@ -47,3 +47,10 @@ def test_the_pins_a_capped_machine_refuses_are_read_from_pips_error():
               "The conflict is caused by:\n    The user requested torch==2.15.0\n"
               "    The user requested (constraint) torch<=2.14.1\n")
     assert environment.refused_pins(output, {"torch": "2.15.0", "torchvision": "0.29.2", "numpy": "2.4.6"}) == {"torch"}
+
+
+def test_a_cap_of_the_machine_drops_the_pins_it_excludes():
+    locked = {"torch": "2.15.0", "torchvision": "0.29.2", "numpy": "2.4.6", "pandas": "3.1.1"}
+    caps = {"torch": [("<=", "2.14.1")], "torchvision": [("<=", "0.29.1")], "numpy": [(">=", "1.26")]}
+    assert environment.capped_pins(locked, caps) == {"torch", "torchvision"}
+    assert environment.capped_pins({"torch": "2.14.1+cpu"}, caps) == set()

@@ -11,6 +11,7 @@ Standard library only: it runs before the project's dependencies are installed.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
 import sys
@@ -76,6 +77,38 @@ def refused_pins(pip_output: str, locked: dict[str, str]) -> set[str]:
     return {_key(name) for name in named} & set(locked)
 
 
+def _release(version: str) -> tuple[int, ...]:
+    """The numeric release of a version (``2.15.0+cpu`` -> (2, 15, 0)), enough to compare against a cap."""
+    return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0].split("rc")[0])[:4])
+
+
+def machine_caps() -> dict[str, list[tuple[str, str]]]:
+    """The version caps this machine's pip applies to every install (the constraint files of its configuration
+    and ``$PIP_CONSTRAINT``): ``{package: [(operator, version), ...]}``."""
+    listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+    files = [f for line in listed.splitlines() if re.match(r"^[\w:.]*\.?constraint=", line)
+             for f in line.split("=", 1)[1].strip("'\"").split()]
+    files += os.environ.get("PIP_CONSTRAINT", "").split()
+    caps: dict[str, list[tuple[str, str]]] = {}
+    for file in files:
+        path = Path(file.removeprefix("file://"))
+        if not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            for name, op, version in re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(===|==|<=|<|>=|>|!=)\s*([\w.+!-]+)",
+                                                 line.split("#")[0].strip()):
+                caps.setdefault(_key(name), []).append((op, version))
+    return caps
+
+
+def capped_pins(locked: dict[str, str], caps: dict[str, list[tuple[str, str]]]) -> set[str]:
+    """The locked packages whose pinned version a cap of ``machine_caps`` excludes."""
+    allowed = {"==": lambda a, b: a == b, "===": lambda a, b: a == b, "!=": lambda a, b: a != b,
+               "<=": lambda a, b: a <= b, "<": lambda a, b: a < b, ">=": lambda a, b: a >= b, ">": lambda a, b: a > b}
+    return {name for name, version in locked.items() for op, cap in caps.get(name, [])
+            if not allowed[op](_release(version), _release(cap))}
+
+
 def _pip(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *args], capture_output=True, text=True)
 
@@ -83,12 +116,15 @@ def _pip(*args: str) -> subprocess.CompletedProcess:
 def install(lock_file: str | Path | None = None, *, extras: str = "dev", tries: int = 4) -> dict[str, dict]:
     """Install the locked versions, then the project itself (editable, no further dependencies).
 
-    A version the machine refuses (pip names it in its error) is dropped from the pins and the rest
-    installed again, at most ``tries`` times, so that the nearest allowed version is taken; the
-    versions that differ are printed and returned."""
+    A version the machine caps (``machine_caps``) or refuses (pip names it in its error) is dropped from
+    the pins and the project installed with the remaining pins as constraints, at most ``tries`` times, so
+    that the nearest allowed version is taken; the versions that differ are printed and returned."""
     path = Path(lock_file) if lock_file else _root() / LOCK_FILE
     locked = pins(path)
-    dropped: set[str] = set()
+    dropped = capped_pins(locked, machine_caps())
+    if dropped:
+        print(f"{path.name}: this machine caps {', '.join(sorted(dropped))} below the locked version(s); "
+              "installing the nearest versions it allows", file=sys.stderr)
     for _ in range(tries):
         with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as constraints:
             constraints.write("".join(f"{n}=={v}\n" for n, v in locked.items() if n not in dropped))
@@ -107,11 +143,10 @@ def install(lock_file: str | Path | None = None, *, extras: str = "dev", tries: 
     else:
         sys.stderr.write(done.stderr)
         raise SystemExit(f"installing {path.name} failed after {tries} tries (pip's error above)")
-    if not dropped or done.returncode == 0:
-        project = _pip("--no-deps", "-e", str(_root()))
-        if project.returncode:
-            sys.stderr.write(project.stderr)
-            raise SystemExit("installing the project itself failed (pip's error above)")
+    project = _pip("--no-deps", "-e", str(_root()))
+    if project.returncode:
+        sys.stderr.write(project.stderr)
+        raise SystemExit("installing the project itself failed (pip's error above)")
     differ = differences(path)
     for name, versions in sorted(differ.items()):
         print(f"{path.name}: {name} {versions['installed']} installed, {versions['locked']} locked", file=sys.stderr)
