@@ -54,3 +54,14 @@ def test_a_cap_of_the_machine_drops_the_pins_it_excludes():
     caps = {"torch": [("<=", "2.14.1")], "torchvision": [("<=", "0.29.1")], "numpy": [(">=", "1.26")]}
     assert environment.capped_pins(locked, caps) == {"torch", "torchvision"}
     assert environment.capped_pins({"torch": "2.14.1+cpu"}, caps) == set()
+
+
+def test_a_dropped_pin_takes_the_pins_only_it_required(tmp_path):
+    file = tmp_path / "requirements.lock"
+    file.write_text("numpy==2.4.6\n    # via\n    #   mstl (pyproject.toml)\n    #   torch\n"
+                    "torch==2.15.0\n    # via\n    #   -c .lock-pins.txt\n    #   mstl (pyproject.toml)\n"
+                    "triton==3.9.0\n    # via torch\nnvidia-cublas==13.4.1.3\n    # via\n    #   cuda-toolkit\n    #   torch\n"
+                    "cuda-toolkit==13.2.2\n    # via torch\n")
+    via = environment.requirers(file)
+    assert via["triton"] == {"torch"} and via["numpy"] == {"mstl", "torch"}
+    assert environment.with_dependents({"torch"}, via) == {"torch", "triton", "cuda-toolkit", "nvidia-cublas"}

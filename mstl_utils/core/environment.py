@@ -46,6 +46,38 @@ def pins(lock_file: str | Path | None = None) -> dict[str, str]:
     return found
 
 
+def requirers(lock_file: str | Path | None = None) -> dict[str, set[str]]:
+    """Why each package is in the lock: ``{package: {the packages (or files) that require it}}``, read from
+    the ``# via`` comments ``uv pip compile`` writes under each pin."""
+    path = Path(lock_file) if lock_file else _root() / LOCK_FILE
+    via: dict[str, set[str]] = {}
+    current = None
+    for line in path.read_text().splitlines():
+        match = _PIN.match(line.strip())
+        if match:
+            current = _key(match.group(1))
+            via[current] = set()
+            continue
+        comment = line.strip().removeprefix("#").strip()
+        if current is None or not line.startswith(" ") or not comment:
+            continue
+        comment = comment.removeprefix("via").strip()
+        if comment:
+            via[current].add(_key(comment.split()[0]))
+    return via
+
+
+def with_dependents(dropped: set[str], via: dict[str, set[str]]) -> set[str]:
+    """``dropped`` and every locked package required only by dropped ones (a capped torch takes its CUDA
+    libraries with it: their pinned versions belong to the torch that was not installed)."""
+    dropped = set(dropped)
+    while True:
+        more = {name for name, parents in via.items() if name not in dropped and parents and parents <= dropped}
+        if not more:
+            return dropped
+        dropped |= more
+
+
 def differences(lock_file: str | Path | None = None) -> dict[str, dict[str, str | None]]:
     """Each locked package whose installed version is another (or which is not installed):
     ``{package: {"locked": ..., "installed": ... or None}}``."""
@@ -121,10 +153,12 @@ def install(lock_file: str | Path | None = None, *, extras: str = "dev", tries: 
     that the nearest allowed version is taken; the versions that differ are printed and returned."""
     path = Path(lock_file) if lock_file else _root() / LOCK_FILE
     locked = pins(path)
+    via = requirers(path)
     dropped = capped_pins(locked, machine_caps())
     if dropped:
         print(f"{path.name}: this machine caps {', '.join(sorted(dropped))} below the locked version(s); "
               "installing the nearest versions it allows", file=sys.stderr)
+        dropped = with_dependents(dropped, via)
     for _ in range(tries):
         with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as constraints:
             constraints.write("".join(f"{n}=={v}\n" for n, v in locked.items() if n not in dropped))
@@ -139,7 +173,7 @@ def install(lock_file: str | Path | None = None, *, extras: str = "dev", tries: 
             raise SystemExit(f"installing {path.name} failed (pip's error above)")
         print(f"{path.name}: this machine refuses the locked {', '.join(sorted(refused))}; "
               "installing the nearest versions it allows", file=sys.stderr)
-        dropped |= refused
+        dropped = with_dependents(dropped | refused, via)
     else:
         sys.stderr.write(done.stderr)
         raise SystemExit(f"installing {path.name} failed after {tries} tries (pip's error above)")
