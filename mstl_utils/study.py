@@ -289,8 +289,10 @@ def write_status(sources_synthetic: bool, output_dir: str | Path) -> Path:
 #: Columns of ``study_time.csv``: the wall time of each executed notebook (the benchmark appendix reads it).
 #: ``runs_trained`` and ``runs_reused`` count the runs the notebook trained and read back complete (from its
 #: log): a time measured while reusing runs is not what a fresh study takes. ``commit``: the code version.
+#: ``fresh_seconds``: the wall time of the last execution that reused no run (what a study from a fresh clone
+#: takes); an execution that reused runs keeps the earlier figure.
 TIME_COLUMNS = ["step", "notebook", "seconds", "profile", "force", "workers", "finished", "runs_trained",
-                "runs_reused", "commit"]
+                "runs_reused", "commit", "fresh_seconds"]
 
 
 def run_counts(log_file: str | Path) -> tuple[int, int]:
@@ -359,11 +361,13 @@ def estimates(results_dir: str | Path = "book/results") -> dict[str, float]:
     if not file.is_file():
         return {}
     times = pd.read_csv(file)
-    return dict(zip(times["notebook"], times["seconds"]))
+    fresh = times["fresh_seconds"] if "fresh_seconds" in times else times["seconds"].where(times["force"])
+    return {n: float(f if pd.notna(f) else s) for n, f, s in zip(times["notebook"], fresh, times["seconds"])}
 
 
 def plan_text(steps: list[Step], *, profile: str, results_dir: str | Path = "book/results") -> str:
-    """What a study will execute and about how long each step took when last executed (measured, not guessed)."""
+    """What a study will execute and about how long each step took when it last trained every run it needs
+    (``fresh_seconds`` of ``study_time.csv``: measured, not guessed)."""
     measured = estimates(results_dir)
     lines, total, unknown = [f"study plan ({profile} profile): {len(steps)} notebook(s)"], 0.0, 0
     for step in steps:
@@ -371,7 +375,7 @@ def plan_text(steps: list[Step], *, profile: str, results_dir: str | Path = "boo
         total += seconds or 0
         unknown += seconds is None
         lines.append(f"  {step.source:<24} -> {step.output:<24} "
-                     + (f"last took {seconds / 60:5.1f} min" if seconds is not None else "not measured yet"))
+                     + (f"took {seconds / 60:5.1f} min" if seconds is not None else "not measured yet"))
     lines.append(f"about {total / 60:.0f} min when every run must be trained (complete runs are reused: minutes)"
                  + (f"; {unknown} step(s) without a measured time" if unknown else ""))
     return "\n".join(lines)
@@ -391,6 +395,8 @@ def run(profile: str, *, data: str | None = None, output_dir: str | Path = "book
     log.info(plan_text(steps, profile=profile, results_dir=results_dir))
     file = Path(results_dir) / "study_time.csv"
     kept = pd.read_csv(file) if file.is_file() else pd.DataFrame(columns=TIME_COLUMNS)
+    earlier_fresh = {n: f for n, f in zip(kept["notebook"], kept["fresh_seconds"] if "fresh_seconds" in kept
+                                          else kept["seconds"].where(kept["force"].astype(bool)))}
     kept = kept[~kept["notebook"].isin([s.output for s in steps])]
     outputs, times = [], []
     left = sum(measured.get(s.output, 0) for s in steps)
@@ -401,10 +407,11 @@ def run(profile: str, *, data: str | None = None, output_dir: str | Path = "book
         outputs.append(execute(step, profile=profile, data=data, output_dir=output_dir, results_dir=results_dir,
                                force=force, workers=workers, executor=executor, settings=settings))
         trained, reused = run_counts(paths.runs_dir() / "_logs" / f"{step.name}.log")
-        times.append({"step": STEPS.index(step) + 1, "notebook": step.output, "seconds": time.perf_counter() - start,
+        seconds = time.perf_counter() - start
+        times.append({"step": STEPS.index(step) + 1, "notebook": step.output, "seconds": seconds,
                       "profile": profile, "force": force, "workers": "auto" if workers is None else workers,
                       "finished": repro.now(), "runs_trained": trained, "runs_reused": reused,
-                      "commit": _version()})
+                      "commit": _version(), "fresh_seconds": seconds if reused == 0 else earlier_fresh.get(step.output)})
         left = max(0.0, left - measured.get(step.output, 0))
         bar.update()
         # After every step, so that the last notebook (the benchmark appendix) sees the steps before it.

@@ -86,6 +86,13 @@ def test_protocol_writes_paired_contract_tables(profile):
     assert list(tests.columns) == analysis.TEST_COLUMNS
     assert set(tests["test"]) == {"nadeau_bengio", "mcnemar_exact/repeat0", "mcnemar_exact/repeat1",
                                   "delong/repeat0", "delong/repeat1"}
+    # The probability scores of each fold run, from its own test images.
+    scores = protocol.fold_scores(results)
+    assert list(scores.columns) == protocol.SCORE_COLUMNS and len(scores) == len(table)
+    first = results[0].predictions
+    p1, y = first.filter(like="prob_").iloc[:, 1].to_numpy(), first["label"].to_numpy()
+    assert scores["brier"].iloc[0] == pytest.approx(np.mean((p1 - y) ** 2))
+    assert scores["log_loss"].iloc[0] == pytest.approx(-np.mean(np.log(np.where(y == 1, p1, 1 - p1))), rel=1e-6)
 
 
 @pytest.fixture
@@ -160,3 +167,69 @@ def test_force_reruns_the_folds_but_reuses_complete_bridges(profile):
     again = protocol.run_protocol(profile, arms=("multistage",), force=True)
     assert bridge.stat().st_mtime_ns == stamps[0]
     assert (again[0].run_dir / "metrics.json").stat().st_mtime_ns != stamps[1]
+
+
+def test_minimum_detectable_difference_by_hand_and_its_floor():
+    from scipy import stats
+
+    mdd = st.minimum_detectable_difference(0.045, n_folds=15, n_train=128, n_test=40)
+    se = np.sqrt((1 / 15 + 40 / 128) * 0.045**2)
+    assert mdd == pytest.approx((stats.t.ppf(0.975, 14) + stats.t.ppf(0.8, 14)) * se)
+    more = [st.minimum_detectable_difference(0.045, n_folds=5 * r, n_train=128, n_test=40) for r in (3, 10, 1000)]
+    assert more[0] > more[1] > more[2] > (1.96 + 0.84) * np.sqrt(40 / 128) * 0.045 * 0.99  # n_test/n_train: a floor
+
+
+def test_power_table_and_the_design_verdict(fold_results):
+    power = analysis.power_table(fold_results)
+    assert list(power.columns) == analysis.POWER_COLUMNS
+    assert set(power["design"]) == {"this study (2 x 5 folds)", "10 x 5 folds"}
+    row = power[(power["arm_a"] == "multistage") & (power["arm_b"] == "imagenet") & (power["metric"] == "accuracy")
+                & (power["folds"] == 10)].iloc[0]
+    wide = fold_results.pivot(index=["repeat", "fold"], columns="arm", values="accuracy")
+    sd = (wide["multistage"] - wide["imagenet"]).std(ddof=1)
+    assert row["mdd"] == pytest.approx(st.minimum_detectable_difference(sd, n_folds=10, n_train=128, n_test=40))
+    tests = analysis.corrected_tests(fold_results)
+    text = analysis.design_verdict(tests, power, fold_results, paper_accuracy={"imagenet": 0.75, "multistage": 0.875})
+    baseline = fold_results.loc[fold_results["arm"] == "imagenet", "accuracy"].mean()
+    assert f"at most {100 * (1 - baseline):+.1f} points" in text and f"{100 * row['mdd']:.1f} points or more" in text
+    assert "The paper's absolute gain (+12.5 points)" in text and "50 % fewer errors" in text
+    assert "paper" not in analysis.design_verdict(tests, power, fold_results, paper_accuracy=None)
+
+
+def test_the_secondary_verdict_counts_every_repeat_and_says_what_it_ignores():
+    tests = pd.DataFrame({"arm_a": "multistage", "arm_b": "imagenet", "metric": ["accuracy", "accuracy", "auc", "auc"],
+                          "mean_diff": [0.02, -0.03, -0.02, 0.01], "test": ["mcnemar_exact/repeat0", "mcnemar_exact/repeat1",
+                                                                           "delong/repeat0", "delong/repeat1"],
+                          "p_adjusted": [0.5, 0.01, 0.02, 0.9]})
+    text = analysis.secondary_verdict(tests, alpha=0.05)
+    assert "McNemar (accuracy): multistage significantly better in 0 and significantly worse in 1 of 2" in text
+    assert "DeLong (AUC): multistage significantly better in 0 and significantly worse in 1 of 2" in text
+    assert "ignore training variance" in text
+
+
+def test_a_paper_gain_beyond_the_headroom_is_not_called_ruled_out(fold_results):
+    tests = analysis.corrected_tests(fold_results)
+    text = analysis.verdict(tests, paper_gain=0.125, headroom=0.05)
+    assert "more than imagenet's errors leave possible here (+5.0 points)" in text and "rule out" not in text
+
+
+def test_no_two_repeats_share_a_bridge_run(synthetic_root, monkeypatch):
+    from mstl_utils.experiments import architectures, chain
+
+    monkeypatch.setenv("MSTL_DATA_DIR", str(synthetic_root))
+    profile = config.get_profile("smoke", data="real", seeds=(0, 1), cv_repeats=4)
+    folds, _ = protocol.target_folds(profile)
+    assert [protocol.repeat_seed((0, 1), r) for r in range(4)] == [0, 1, 2, 3]
+    assert [protocol.repeat_seed((5, 2), r) for r in range(4)] == [5, 2, 6, 7]
+    plans = {"protocol": [(r.split.repeat, r.spec.init) for r in protocol.plan(profile, folds)
+                          if not isinstance(r.spec.init, str)],
+             "chain": [(s.split.repeat, s.init) for s in chain.fold_specs(profile, "imagenet,chest_xray3,head_ct",
+                                                                          folds, seeds=(0,))],
+             "architectures": [(r.split.repeat, r.spec.init) for r in architectures.plan(
+                 profile, "efficientnet_lite0", folds, seeds=(0,), allow_random=True) if not isinstance(r.spec.init, str)]}
+    for chapter, starts in plans.items():
+        owner = {}
+        for repeat, bridge in starts:
+            key = (bridge.name, bridge.relpath)
+            assert owner.setdefault(key, repeat) == repeat, f"{chapter}: repeats {owner[key]} and {repeat} share {key}"
+        assert len({r for r, _ in starts}) == 4, chapter

@@ -61,7 +61,7 @@ class ArchitecturePlan:
 
     trained_models: tuple[str, ...] | None = None  # None: the profile's model and every model with ImageNet weights here
     arms: tuple[str, ...] = ARMS  # protocol arms each trained model runs
-    seeds: tuple[int, ...] = (0,)  # bridges of each other model (repeat r starts from seeds[r % len]); the profile's model keeps the protocol's
+    seeds: tuple[int, ...] = (0,)  # bridges of each other model (repeat r: protocol.repeat_seed); the profile's model keeps the protocol's
     strategy_model: str = "mobilenet_v2"  # the model the transfer strategies are compared on
     strategies: tuple[str, ...] = STRATEGIES  # names from models.transfer; full fine-tuning is always the reference
     strategy_arms: tuple[str, ...] = ("imagenet",)  # arms the strategies run (a bridge is always fully fine-tuned)
@@ -132,7 +132,7 @@ def plan(profile: Profile, model: str, folds: pd.DataFrame, *, arms: tuple[str, 
     their specs' ``init``, trained first by the executor).
 
     The bridges are trained with the full strategy: a strategy is the target stage's. ``seeds``: the
-    bridge runs (repeat ``r`` starts from ``seeds[r % len]``, as the chain chapter does); None: the
+    bridge runs (repeat ``r`` starts from its own, ``protocol.repeat_seed(seeds, r)``); None: the
     protocol's, one per seed of the profile. The profile's own model with the full strategy and the
     protocol's seeds plans exactly ``protocol.plan``'s specs."""
     models.spec_of(model)
@@ -141,7 +141,7 @@ def plan(profile: Profile, model: str, folds: pd.DataFrame, *, arms: tuple[str, 
     changed = model_profile(profile, model, allow_random=allow_random)
     runs = []
     for split in protocol.splits(folds):
-        seed = protocol.bridge_seed(profile, split.repeat) if seeds is None else seeds[split.repeat % len(seeds)]
+        seed = protocol.bridge_seed(profile, split.repeat) if seeds is None else protocol.repeat_seed(seeds, split.repeat)
         for arm in arms:
             init = ARM_INIT[arm]
             start: str | RunSpec = init

@@ -38,7 +38,7 @@ class ChainPlan:
     """What the chain chapter runs for one profile."""
 
     chain: str = "imagenet -> chest_xray3 -> chest_xray -> head_ct"  # the start, then the datasets in order
-    seeds: tuple[int, ...] = (0,)  # seeds of the bridge links; repeat r starts from seeds[r % len(seeds)]
+    seeds: tuple[int, ...] = (0,)  # seeds of the bridge links; repeat r starts from a chain of its own (protocol.repeat_seed)
 
 
 PLANS: dict[str, ChainPlan] = {"smoke": ChainPlan(), "quick": ChainPlan(), "paper": ChainPlan(seeds=(0, 1, 2))}
@@ -98,12 +98,12 @@ def link_specs(profile: Profile, chain: str | tuple[str, ...], *, seed: int,
 
 def fold_specs(profile: Profile, chain: str | tuple[str, ...], folds: pd.DataFrame, *, seeds: tuple[int, ...],
                data_dir: str | Path | None = None) -> list[RunSpec]:
-    """The target on every protocol fold; repeat ``r`` starts from the last link of ``seeds[r % len(seeds)]``,
-    as the protocol's chained arms start from their bridge."""
+    """The target on every protocol fold; repeat ``r`` starts from the last link of its own chain (seed
+    ``protocol.repeat_seed(seeds, r)``), as the protocol's chained arms start from their own bridge."""
     chain = parse(chain)
     specs = []
     for split in protocol.splits(folds):
-        seed = seeds[split.repeat % len(seeds)]
+        seed = protocol.repeat_seed(seeds, split.repeat)
         links = link_specs(profile, chain, seed=seed, data_dir=data_dir)
         start = links[-1] if links else chain[0]
         specs.append(protocol.fold_spec(profile, "imagenet", split, start=start, name=f"cv_{arm_name(chain)}",

@@ -4,7 +4,7 @@ For repeat ``r`` and fold ``f`` of the fold file, each arm of ``config.ARM_INIT`
 trains a stage-2 run on the other folds (a stratified validation part carved from
 them for learning curves) and predicts the fold's test images. All arms of a repeat
 share the training seed ``r`` and, for the chained arms, the bridge run with seed
-``profile.seeds[r % len(profile.seeds)]``. Runs live in ``runs/<profile>/cv_<arm>/``.
+``repeat_seed(profile.seeds, r)``: a bridge of its own. Runs live in ``runs/<profile>/cv_<arm>/``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from sklearn import metrics as skm
 
 from ..core import config, paths
 from ..core.config import ARM_INIT, STAGE1_INIT, Profile
@@ -165,9 +167,18 @@ def splits(folds: pd.DataFrame) -> list[Split]:
     return found
 
 
+def repeat_seed(seeds: tuple[int, ...], repeat: int) -> int:
+    """The seed of repeat ``repeat``'s own bridge: ``seeds[repeat]``, and past the last seed new ones
+    (``max(seeds) + 1``, ...). Every repeat gets a bridge of its own, so that bridge variance enters each
+    repeat independently, as the corrected t-test's degrees of freedom assume."""
+    if repeat < len(seeds):
+        return seeds[repeat]
+    return max(seeds) + 1 + repeat - len(seeds)
+
+
 def bridge_seed(profile: Profile, repeat: int) -> int:
-    """The seed of the bridge that repeat ``repeat``'s chained arms start from."""
-    return profile.seeds[repeat % len(profile.seeds)]
+    """The seed of the bridge that repeat ``repeat``'s chained arms start from (``repeat_seed``)."""
+    return repeat_seed(profile.seeds, repeat)
 
 
 def fold_spec(profile: Profile, arm: str, split: Split, *, start: str | RunSpec | None = None, name: str | None = None,
@@ -343,6 +354,28 @@ def oof_table(results: list[RunResult]) -> pd.DataFrame:
         parts.append(part)
     table = pd.concat(parts, ignore_index=True)
     return table.sort_values(["arm", "repeat", "image_id"], ignore_index=True)
+
+
+#: Columns of ``stage2_scores.csv``: per fold run, the mean Brier score and log-loss of its test images' probabilities.
+SCORE_COLUMNS = ["arm", "repeat", "fold", "n_train", "n_test", "brier", "log_loss"]
+
+
+def fold_scores(results: list[RunResult]) -> pd.DataFrame:
+    """``stage2_scores.csv``: each fold run's Brier score (2 classes: mean squared error of the positive
+    class's probability; more classes: the squared errors summed over classes) and log-loss, from every test
+    image's probabilities. They score the whole probability, not only its side of 0.5; lower is better."""
+    rows = []
+    folds = fold_table(results)
+    for result, fold in zip(results, folds.itertuples()):
+        pred = result.predictions
+        probs = pred[[c for c in pred.columns if c.startswith("prob_")]].to_numpy(dtype=float)
+        labels = pred["label"].to_numpy().astype(int)
+        onehot = np.eye(probs.shape[1])[labels]
+        squared = ((probs[:, 1] - labels) ** 2 if probs.shape[1] == 2 else ((probs - onehot) ** 2).sum(1))
+        rows.append({"arm": fold.arm, "repeat": fold.repeat, "fold": fold.fold, "n_train": fold.n_train,
+                     "n_test": fold.n_test, "brier": float(squared.mean()),
+                     "log_loss": float(skm.log_loss(labels, probs, labels=list(range(probs.shape[1]))))})
+    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
 
 def histories(results: list[RunResult]) -> pd.DataFrame:

@@ -104,6 +104,32 @@ def oof_roc(oof: pd.DataFrame, arms: list[str], *, title: str = "") -> plt.Figur
     return roc(curves, title=title if "prob" in oof else f"{title} (one-vs-rest, micro-averaged)")
 
 
+def calibration(oof: pd.DataFrame, arms: list[str], *, bins: int = 10, title: str = "") -> plt.Figure:
+    """Reliability diagram of each arm's pooled out-of-fold probabilities: the observed share of positives
+    against the mean predicted probability, in ``bins`` equal-width bins (a calibrated arm follows the
+    diagonal). For more than 2 classes: the arg-max class's probability against how often it is right."""
+    from sklearn.calibration import calibration_curve
+
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    colours = dict(zip(arms, sns.color_palette("colorblind", len(arms))))
+    for arm in arms:
+        rows = oof[oof["arm"] == arm]
+        if "prob" in rows:
+            hit, score = rows["label"].to_numpy(), rows["prob"].to_numpy()
+        else:
+            probs = rows[[c for c in rows.columns if c.startswith("prob_")]].to_numpy()
+            hit, score = (probs.argmax(1) == rows["label"].to_numpy()).astype(int), probs.max(1)
+        observed, predicted = calibration_curve(hit, score, n_bins=bins, strategy="uniform")
+        ax.plot(predicted, observed, "o-", ms=3, color=colours[arm], label=arm)
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set_xlabel("mean predicted probability" if "prob" in oof else "arg-max probability")
+    ax.set_ylabel("observed share positive" if "prob" in oof else "share correct")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
 def answer(summary: pd.DataFrame, *, reference: dict[str, float] | None = None, order: list[str] | None = None,
            metric: str = "accuracy") -> plt.Figure:
     """Each arm's mean ``metric`` with its interval (rows of ``analysis.arm_summary``), the paper's values beside."""

@@ -80,6 +80,20 @@ def corrected_resampled_ttest(
             "ci_low": mean - half, "ci_high": mean + half, "df": j - 1}
 
 
+def minimum_detectable_difference(sd: float, *, n_folds: int, n_train: int, n_test: int, alpha: float = 0.05,
+                                  power: float = 0.8) -> float:
+    """The smallest true mean difference the corrected repeated k-fold t-test (``corrected_resampled_ttest``)
+    finds at two-sided level ``alpha`` with probability ``power``, for fold differences of standard deviation
+    ``sd``: (t[1 - alpha/2, J-1] + t[power, J-1]) * sqrt((1/J + n_test/n_train) * sd^2), J = ``n_folds``.
+
+    The term n_test/n_train does not shrink with more folds: more repeats of the same k-fold narrow the
+    interval only down to that floor."""
+    if n_folds < 2 or n_train <= 0 or not 0 < alpha < 1 or not 0 < power < 1:
+        raise ValueError(f"need n_folds >= 2, n_train > 0, 0 < alpha, power < 1; got {n_folds}, {n_train}, {alpha}, {power}")
+    se = float(np.sqrt((1 / n_folds + n_test / n_train) * sd**2))
+    return float((stats.t.ppf(1 - alpha / 2, n_folds - 1) + stats.t.ppf(power, n_folds - 1)) * se)
+
+
 def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[str, float]:
     """Exact McNemar test on paired per-image correctness (binomial on the discordant pairs).
 
