@@ -168,18 +168,24 @@ def verdict(tests: pd.DataFrame, *, arm_a: str = "multistage", arm_b: str = "ima
     else:
         sentence = (f"No detectable effect: {arm_a} minus {arm_b} is {numbers}, "
                     f"not significant at the {alpha:.2f} level.")
-    if paper_gain is not None and headroom is not None and paper_gain > headroom:
-        sentence += (f" The paper's gain of {_pp(paper_gain)} points is more than {arm_b}'s errors leave possible "
-                     f"here ({_pp(headroom)} points): these data cannot test it in that form.")
-    elif paper_gain is not None and np.isfinite(r["ci_high"]):
-        if r["ci_low"] <= paper_gain <= r["ci_high"]:
-            where = "inside this interval, so it cannot be ruled out"
-        elif paper_gain > r["ci_high"]:
-            where = "above this interval: these data rule out a gain that large"
-        else:
-            where = "below this interval: the measured gain is larger"
-        sentence += f" The paper's gain of {_pp(paper_gain)} points lies {where}."
+    if paper_gain is not None and np.isfinite(r["ci_high"]):
+        where = {"impossible": f"is more than {arm_b}'s errors leave possible here ({_pp(headroom or 0)} points): "
+                               "these data cannot test it in that form",
+                 "inside": "lies inside this interval, so it cannot be ruled out",
+                 "above": "lies above this interval: these data rule out a gain that large",
+                 "below": "lies below this interval: the measured gain is larger"}
+        sentence += f" The paper's gain of {_pp(paper_gain)} points {where[_placement(paper_gain, r, headroom)]}."
     return sentence
+
+
+def _placement(effect: float, row: pd.Series, headroom: float | None = None) -> str:
+    """Where ``effect`` lies against ``row``'s interval: "impossible" (beyond ``headroom``), "inside",
+    "above" or "below"."""
+    if headroom is not None and effect > headroom:
+        return "impossible"
+    if row["ci_low"] <= effect <= row["ci_high"]:
+        return "inside"
+    return "above" if effect > row["ci_high"] else "below"
 
 
 def tuning_tests(outer: pd.DataFrame, *, metrics: Sequence[str] = ("accuracy", "auc"), level: float = 0.95) -> pd.DataFrame:
@@ -259,15 +265,9 @@ def design_verdict(tests: pd.DataFrame, power: pd.DataFrame, folds: pd.DataFrame
         for label, value in ((f"The paper's absolute gain ({_pp(gain)} points)", gain),
                              (f"its relative effect ({100 * reduction:.0f} % fewer errors, {_pp(relative)} points here)",
                               relative)):
-            if value > errors:
-                where = "is more than this baseline leaves possible"
-            elif row["ci_low"] <= value <= row["ci_high"]:
-                where = "lies inside the interval: not ruled out"
-            elif value > row["ci_high"]:
-                where = "lies above the interval: ruled out"
-            else:
-                where = "lies below the interval"
-            text += f" {label} {where}{'.' if label.startswith('its') else ';'}"
+            where = {"impossible": "is more than this baseline leaves possible", "inside": "lies inside the interval: "
+                     "not ruled out", "above": "lies above the interval: ruled out", "below": "lies below the interval"}
+            text += f" {label} {where[_placement(value, row, errors)]}{'.' if label.startswith('its') else ';'}"
     return text
 
 
