@@ -38,3 +38,19 @@ def test_bad_fold_files_are_clear_errors(tmp_path):
         mfolds.read_folds(bad)
     with pytest.raises(ValueError, match="no fold 9"):
         mfolds.split_of(folds, repeat=0, fold=9)
+
+
+def test_folds_grouped_by_cluster_keep_every_cluster_together_and_stay_stratified():
+    import numpy as np
+
+    ids = [f"{i:03d}" for i in range(60)]
+    labels = np.array([i % 2 for i in range(60)])
+    clusters = np.array([i // 3 if i < 12 else 100 + i for i in range(60)])  # four clusters of three images
+    folds = mfolds.make_folds(ids, labels, n_splits=5, n_repeats=3, seed=0, clusters=clusters)
+    assert list(folds.columns) == mfolds.FOLD_COLUMNS and folds["repeat"].nunique() == 3
+    for repeat, rows in folds.groupby("repeat"):
+        fold_of = dict(zip(rows["image_id"], rows["fold"]))
+        for cluster in range(4):
+            assert len({fold_of[ids[i]] for i in range(60) if clusters[i] == cluster}) == 1, (repeat, cluster)
+        assert rows.groupby("fold")["label"].mean().between(0.3, 0.7).all()
+    assert not folds[folds["repeat"] == 0]["fold"].equals(folds[folds["repeat"] == 1]["fold"])

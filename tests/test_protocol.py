@@ -233,3 +233,11 @@ def test_no_two_repeats_share_a_bridge_run(synthetic_root, monkeypatch):
             key = (bridge.name, bridge.relpath)
             assert owner.setdefault(key, repeat) == repeat, f"{chapter}: repeats {owner[key]} and {repeat} share {key}"
         assert len({r for r, _ in starts}) == 4, chapter
+
+
+def test_what_a_change_of_folds_did_to_each_arm(fold_results):
+    before = fold_results.assign(accuracy=fold_results["accuracy"] + 0.01)
+    change = analysis.folds_change(before, fold_results)
+    assert set(change["arm"]) == set(fold_results["arm"]) and len(change) == 8
+    assert np.allclose(change.loc[change["metric"] == "accuracy", "change"], -0.01)
+    assert analysis.folds_change(None, fold_results).empty

@@ -32,18 +32,28 @@ def test_real_head_ct_colour_files_become_grey(real_data_dir):
     assert data.load_image(rgba, 32).shape == (32, 32)
 
 
-def test_committed_head_ct_folds_match_the_labels(real_data_dir):
-    """data/folds/head_ct_folds.csv (5 folds x 10 repeats, seed 0) regenerates from labels.csv."""
+def test_committed_head_ct_folds_regenerate_and_keep_every_duplicate_pair_together(real_data_dir):
+    """data/folds/head_ct_folds_v2.csv (5 folds x 10 repeats, seed 0, grouped by duplicate cluster) regenerates
+    from the data; no duplicate pair of the audit is split, where version 1 split 84 of 110 pair-repeats."""
     from pathlib import Path
 
     import pandas as pd
 
-    from mstl_utils.data import folds
+    from mstl_utils.data import audit, folds
+    from mstl_utils.experiments import protocol
 
-    committed = folds.read_folds(Path(__file__).resolve().parents[1] / "data" / "folds" / "head_ct_folds.csv")
+    root = Path(__file__).resolve().parents[1] / "data" / "folds"
+    committed = folds.read_folds(root / "head_ct_folds_v2.csv")
     table, _ = data.read_table(data.locate("head_ct", data="real", data_dir=real_data_dir))
-    again = folds.make_folds(table["group"].tolist(), table["label"].to_numpy(), n_splits=5, n_repeats=10, seed=0)
+    clusters = protocol.duplicate_clusters(table, table["group"].tolist())
+    again = folds.make_folds(table["group"].tolist(), table["label"].to_numpy(), n_splits=5, n_repeats=10, seed=0,
+                             clusters=clusters.to_numpy())
     pd.testing.assert_frame_equal(committed, again)
+    props = audit.image_properties(table)
+    pairs = audit.duplicate_pairs(audit.exact_duplicates(props), audit.near_duplicates(props))
+    assert len(pairs) == 11
+    assert audit.pairs_across_folds(pairs, committed)["repeats_split"].sum() == 0
+    assert audit.pairs_across_folds(pairs, folds.read_folds(root / "head_ct_folds.csv"))["repeats_split"].sum() == 84
 
 
 def test_protocol_uses_the_committed_folds_for_the_real_data(real_data_dir):
@@ -54,7 +64,7 @@ def test_protocol_uses_the_committed_folds_for_the_real_data(real_data_dir):
     for name in ("quick", "paper"):
         profile = config.get_profile(name, data="real")
         used, origin = protocol.target_folds(profile, data_dir=real_data_dir)
-        assert origin == "data/folds/head_ct_folds.csv"
+        assert origin == "data/folds/head_ct_folds_v2.csv"
         committed = folds.read_folds(paths.project_root() / protocol.FOLDS_FILE)
         assert used.equals(committed[committed["repeat"] < profile.cv_repeats].reset_index(drop=True))
         assert used["repeat"].nunique() == profile.cv_repeats and used["fold"].nunique() == profile.cv_folds

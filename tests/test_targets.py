@@ -89,7 +89,7 @@ def test_core_notebooks_study_a_three_class_folder_target_by_parameters_only(tmp
     prov = json.loads((tables / "provenance.json").read_text())
     assert prov["profile"]["stage2"]["dataset"] == "<external>/shapes"  # the folder named, not where it lives
     # The target's folds live beside its runs; no page names the folder where the user keeps the data.
-    assert (runs / "smoke" / "shapes_folds.csv").is_file()
+    assert (runs / "smoke" / "shapes_folds_v2.csv").is_file()
     for path in outputs:
         assert str(tmp_path) not in path.read_text(), f"{path.name} names the data's absolute folder"
     # Its runs are its own: the settings' digest differs from the default study's.

@@ -143,6 +143,21 @@ def duplicate_pairs(exact: pd.DataFrame, near: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["kind", "group_a", "group_b"])
 
 
+def duplicate_clusters(pairs: pd.DataFrame, groups: list[str]) -> pd.Series:
+    """Each of ``groups`` (image or patient ids) mapped to its duplicate cluster: groups joined by an exact or
+    near-duplicate pair (``duplicate_pairs``), directly or through others, share one cluster id; a group
+    without duplicates is a cluster of its own. Folds over clusters never split a duplicate pair."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    index = {g: i for i, g in enumerate(groups)}
+    known = [(index[a], index[b]) for a, b in zip(pairs["group_a"], pairs["group_b"]) if a in index and b in index]
+    rows, cols = (np.array(x, dtype=int) for x in zip(*known)) if known else (np.array([], int), np.array([], int))
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(groups), len(groups)))
+    _, component = connected_components(graph, directed=False)
+    return pd.Series(component, index=list(groups), name="cluster")
+
+
 def pairs_across_folds(pairs: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
     """For each duplicate pair, in how many cross-validation repeats its two images fall in
     different folds (one trains while the other is tested)."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import RepeatedStratifiedKFold
+from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedGroupKFold
 
 from ..core.repro import atomic_write
 
@@ -36,14 +36,23 @@ class Split:
         return {"repeat": self.repeat, "fold": self.fold, "test_ids": sorted(self.test_ids)}
 
 
-def make_folds(image_ids: list[str], labels: np.ndarray, *, n_splits: int = 5, n_repeats: int = 10, seed: int = 0) -> pd.DataFrame:
-    """One row per (repeat, image): the fold in which the image is a test image."""
+def make_folds(image_ids: list[str], labels: np.ndarray, *, n_splits: int = 5, n_repeats: int = 10, seed: int = 0,
+               clusters: np.ndarray | None = None) -> pd.DataFrame:
+    """One row per (repeat, image): the fold in which the image is a test image. With ``clusters`` (e.g. duplicate
+    clusters, ``audit.duplicate_clusters``) the folds are stratified and grouped: images of one cluster always
+    share a fold (``StratifiedGroupKFold``, reshuffled per repeat with seed ``seed + repeat``)."""
     labels = np.asarray(labels)
-    if len(image_ids) != len(labels):
-        raise ValueError(f"{len(image_ids)} image ids but {len(labels)} labels")
-    splitter = RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=seed)
+    if len(image_ids) != len(labels) or (clusters is not None and len(clusters) != len(labels)):
+        raise ValueError(f"{len(image_ids)} image ids, {len(labels)} labels"
+                         + (f" and {len(clusters)} clusters" if clusters is not None else ""))
+    if clusters is None:
+        splits = RepeatedStratifiedKFold(n_splits=n_splits, n_repeats=n_repeats, random_state=seed).split(
+            np.zeros(len(labels)), labels)
+    else:
+        splits = (part for repeat in range(n_repeats) for part in StratifiedGroupKFold(
+            n_splits=n_splits, shuffle=True, random_state=seed + repeat).split(np.zeros(len(labels)), labels, clusters))
     rows = []
-    for index, (_, test) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+    for index, (_, test) in enumerate(splits):
         repeat, fold = divmod(index, n_splits)
         rows.extend({"image_id": image_ids[i], "label": int(labels[i]), "repeat": repeat, "fold": fold} for i in test)
     return pd.DataFrame(rows, columns=FOLD_COLUMNS).sort_values(["repeat", "image_id"], ignore_index=True)

@@ -466,13 +466,6 @@ def executor_comparison(profile: Profile, *, n_runs: int = 8, ray_cpus: int | No
     return pd.DataFrame(rows, columns=EXECUTOR_COLUMNS)
 
 
-def optional_table(results_dir: str | Path, name: str) -> pd.DataFrame | None:
-    """A table of the speed appendix that only some machines can make (``executors.csv``, ``gpu_check.csv``);
-    None when it was not measured."""
-    path = Path(results_dir) / name
-    return pd.read_csv(path) if path.is_file() else None
-
-
 def executor_summary(table: pd.DataFrame | None) -> str:
     """One sentence per executor from ``executors.csv``: start-up, the batch of fold runs, reading complete runs."""
     if table is None or table.empty:

@@ -19,7 +19,7 @@ from sklearn import metrics as skm
 
 from ..core import config, paths
 from ..core.config import ARM_INIT, STAGE1_INIT, Profile
-from ..data import datasets as data_mod, folds as folds_mod
+from ..data import audit, datasets as data_mod, folds as folds_mod
 from ..data.folds import Split
 from ..engine import executors, lifecycle
 from ..engine.lifecycle import RunResult
@@ -28,8 +28,11 @@ from ..models import registry as models, transfer
 
 log = logging.getLogger(__name__)
 
-#: The committed fold assignment of the real head-CT set (5 folds x 10 repeats, seed 0).
-FOLDS_FILE = Path("data") / "folds" / "head_ct_folds.csv"
+#: The committed fold assignment of the real head-CT set (5 folds x 10 repeats, seed 0), version 2: stratified and
+#: grouped by duplicate cluster (``duplicate_clusters``). Version 1 (``head_ct_folds.csv``, ungrouped) made the
+#: book's tables until 2026-12-01; it split near-duplicate pairs between training and test.
+FOLDS_FILE = Path("data") / "folds" / "head_ct_folds_v2.csv"
+FOLDS_FILE_V1 = Path("data") / "folds" / "head_ct_folds.csv"
 
 #: Columns of ``stage2_folds.csv``: one row per arm, repeat and fold (the results contract). For a target
 #: of more than 2 classes ``auc`` is the one-vs-rest macro AUC, and sensitivity, specificity and f1 (the
@@ -118,10 +121,11 @@ def target_folds(profile: Profile, *, data_dir: str | Path | None = None, folds_
     """The protocol's folds of the profile's target (``profile.stage2.dataset``), and where they came from.
 
     The folds are over the dataset's groups (an image, or a patient where the dataset has several images of
-    one), stratified by label. For head CT the committed file is used when it lists exactly the dataset's
-    images and labels with ``profile.cv_folds`` folds and at least ``profile.cv_repeats`` repeats (its
-    first repeats are taken). Other targets and other copies get folds made the same way, written next
-    to the runs so that they too are reused.
+    one), stratified by label and grouped by duplicate cluster: exact and near-duplicate images always share
+    a fold. For head CT the committed file is used when it lists exactly the dataset's images and labels with
+    ``profile.cv_folds`` folds and at least ``profile.cv_repeats`` repeats (its first repeats are taken).
+    Other targets and other copies get folds made the same way, written next to the runs so that they too
+    are reused.
     """
     target = profile.stage2.dataset
     source = data_mod.locate(target, data=profile.data, data_dir=data_dir)
@@ -136,25 +140,49 @@ def target_folds(profile: Profile, *, data_dir: str | Path | None = None, folds_
         raise ValueError(f"setting target={target!r} is not allowed with cv_folds={profile.cv_folds}: it has "
                          f"{ {class_names[k]: int(v) for k, v in per_class.items()} } images (or patients) per class; "
                          f"at least 2 classes with at least {profile.cv_folds} each are needed")
-    if target == "head_ct":
-        folds_file = Path(folds_file) if folds_file else paths.project_root() / FOLDS_FILE
-        if folds_file.is_file():
-            committed = folds_mod.read_folds(folds_file)
-            first = committed[committed["repeat"] == 0]
-            same_images = (sorted(zip(first["image_id"], first["label"]))
-                           == sorted(zip(labels.index, labels["first"].astype(int))))
-            if (same_images and first["fold"].nunique() == profile.cv_folds
-                    and committed["repeat"].nunique() >= profile.cv_repeats):
-                used = committed[committed["repeat"] < profile.cv_repeats].reset_index(drop=True)
-                return used, paths.relative(folds_file)
+    name = Path(target).name if target not in data_mod.DATASETS else target
+    stored = paths.runs_dir(runs_root) / profile.name / f"{name}_folds_v2.csv"  # v2: grouped by duplicate cluster
+    candidates = [Path(folds_file) if folds_file else paths.project_root() / FOLDS_FILE] if target == "head_ct" else []
+    for file in candidates + [stored]:
+        used = _usable_folds(file, labels, profile)
+        if used is not None:
+            return used, paths.relative(file)
+        if file in candidates:
             log.warning("the committed head-CT folds do not match the %s head-CT data (%d images) or the profile's "
                         "%d x %d folds; making folds for these data", source.kind, len(labels), profile.cv_folds,
                         profile.cv_repeats)
-    made = folds_mod.make_folds(labels.index.tolist(), labels["first"].to_numpy(),
-                                n_splits=profile.cv_folds, n_repeats=profile.cv_repeats, seed=0)
-    name = Path(target).name if target not in data_mod.DATASETS else target
-    written = folds_mod.write_folds(made, paths.runs_dir(runs_root) / profile.name / f"{name}_folds.csv")
+    clusters = duplicate_clusters(table, labels.index.tolist())
+    made = folds_mod.make_folds(labels.index.tolist(), labels["first"].to_numpy(), n_splits=profile.cv_folds,
+                                n_repeats=profile.cv_repeats, seed=0, clusters=clusters.to_numpy())
+    written = folds_mod.write_folds(made, stored)
     return made, f"made for {source.kind} data ({paths.relative(written)})"
+
+
+def folds_v1() -> pd.DataFrame:
+    """Version 1 of the committed head-CT folds (ungrouped), kept for the record: the book's tables before
+    2026-12-01 were made with it (the data chapter counts the duplicate pairs it split)."""
+    return folds_mod.read_folds(paths.project_root() / FOLDS_FILE_V1)
+
+
+def _usable_folds(file: Path, labels: pd.DataFrame, profile: Profile) -> pd.DataFrame | None:
+    """The first ``profile.cv_repeats`` repeats of the fold file ``file`` when it lists exactly these groups and
+    labels in ``profile.cv_folds`` folds with enough repeats; None otherwise (or when there is no such file)."""
+    if not file.is_file():
+        return None
+    stored = folds_mod.read_folds(file)
+    first = stored[stored["repeat"] == 0]
+    same = sorted(zip(first["image_id"], first["label"])) == sorted(zip(labels.index, labels["first"].astype(int)))
+    if same and first["fold"].nunique() == profile.cv_folds and stored["repeat"].nunique() >= profile.cv_repeats:
+        return stored[stored["repeat"] < profile.cv_repeats].reset_index(drop=True)
+    return None
+
+
+def duplicate_clusters(table: pd.DataFrame, groups: list[str]) -> pd.Series:
+    """The target's duplicate clusters over ``groups`` (``audit.duplicate_clusters`` of the audit's exact and
+    perceptual-hash near-duplicates), so that the folds keep every duplicate pair on one side."""
+    props = audit.image_properties(table)
+    return audit.duplicate_clusters(audit.duplicate_pairs(audit.exact_duplicates(props), audit.near_duplicates(props)),
+                                    groups)
 
 
 def splits(folds: pd.DataFrame) -> list[Split]:

@@ -271,6 +271,22 @@ def design_verdict(tests: pd.DataFrame, power: pd.DataFrame, folds: pd.DataFrame
     return text
 
 
+def folds_change(before: pd.DataFrame | None, after: pd.DataFrame, *, metrics: Sequence[str] = ("accuracy", "auc"),
+                 before_label: str = "ungrouped folds (v1)", after_label: str = "grouped folds (v2)") -> pd.DataFrame:
+    """What a change of the fold assignment did to each arm: per arm and metric, the mean over the folds of
+    ``before`` and of ``after`` (two ``stage2_folds.csv`` tables) and the change. Empty without ``before``."""
+    columns = ["arm", "metric", before_label, after_label, "change"]
+    if before is None:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for arm in pd.unique(after["arm"]):
+        for metric in metrics:
+            old = float(before.loc[before["arm"] == arm, metric].mean())
+            new = float(after.loc[after["arm"] == arm, metric].mean())
+            rows.append({"arm": arm, "metric": metric, before_label: old, after_label: new, "change": new - old})
+    return pd.DataFrame(rows, columns=columns)
+
+
 def secondary_verdict(tests: pd.DataFrame, *, alpha: float, arm_a: str = "multistage", arm_b: str = "imagenet") -> str:
     """Every secondary (per-image, pooled per repeat) test of the primary pair, summarised in one sentence:
     how many repeats reach adjusted p < ``alpha`` in each direction. Labelled for what they are: they hold

@@ -39,6 +39,13 @@ def stage_table(metrics: Iterable[dict[str, Any]], columns: list[str], **extra: 
     return pd.DataFrame([metrics_row(m, **extra) for m in metrics]).reindex(columns=columns)
 
 
+def optional_table(results_dir: str | Path, name: str) -> pd.DataFrame | None:
+    """A table only some studies or machines make (``executors.csv``, ``gpu_check.csv``, ``stage2_folds_v1.csv``);
+    None when it is not there."""
+    path = Path(results_dir) / name
+    return pd.read_csv(path) if path.is_file() else None
+
+
 def save_table(table: pd.DataFrame, name: str, results_dir: str | Path) -> Path:
     """Write ``results_dir/name`` atomically (CSV), creating the folder."""
     return repro.atomic_write(Path(results_dir) / name, lambda tmp: table.to_csv(tmp, index=False))
