@@ -65,6 +65,7 @@ STEPS = (
     Step("08_explain.ipynb", "explain.ipynb", needs=("data", "crossval")),  # the fold runs; glues a number of data
     Step("12_architectures.ipynb", "architectures.ipynb", needs=("crossval",)),  # reuses the protocol runs
     Step("11_pruning.ipynb", "pruning.ipynb", needs=("crossval", "stage1")),  # prunes the fold runs and the bridge
+    Step("13_target_size.ipynb", "target_size.ipynb", needs=("crossval",)),  # the protocol's runs are its full size
     # Last: it reports the wall time of the steps before it (study_time.csv).
     Step("06_benchmark.ipynb", "benchmark.ipynb"),
 )

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit, train_test_split
 
 from . import decoded as decoded_mod, manifest, synthetic
 from ..core import paths, repro
@@ -491,6 +491,19 @@ class StageData:
     def without(self, part: str) -> "StageData":
         """The same data with every image of ``part`` removed (e.g. a tuning run's view without the test fold)."""
         keep = np.flatnonzero(self.table["part"].to_numpy() != part)
+        return dataclasses.replace(self, table=self.table.iloc[keep].reset_index(drop=True),
+                                   images=self.images[torch.from_numpy(keep)])
+
+    def keep_training(self, n: int, *, seed: int) -> "StageData":
+        """The same data with only ``n`` of the training part's images, a stratified draw (``seed``); the
+        validation and test parts untouched."""
+        train = np.flatnonzero(self.table["part"].to_numpy() == "train")
+        labels = self.table["label"].to_numpy()[train]
+        if not len(np.unique(labels)) <= n < len(train):
+            raise DataFormatError(f"{self.source.dataset}: a draw of {n} training images needs at least one per class "
+                                  f"({len(np.unique(labels))}) and fewer than the {len(train)} the training part has")
+        kept, _ = train_test_split(train, train_size=n, stratify=labels, random_state=seed)
+        keep = np.sort(np.concatenate([np.flatnonzero(self.table["part"].to_numpy() != "train"), kept]))
         return dataclasses.replace(self, table=self.table.iloc[keep].reset_index(drop=True),
                                    images=self.images[torch.from_numpy(keep)])
 

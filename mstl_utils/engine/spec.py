@@ -82,6 +82,8 @@ class RunSpec:
     synthetic_dir: str | None = None  # a folder of generated images added to the training part
     in_chans: int = 1  # 1: grey input (the study's); 3: RGB (the colour-shortcut experiment)
     mask: Mask | None = None  # pruning: weights removed before training (None: dense)
+    train_size: int | None = None  # train on a stratified draw of this many training images (None: all)
+    train_draw: int = 0  # which draw of ``train_size`` images (its seed)
     # Where the data are read from (None: $MSTL_DATA_DIR, then ./data): a location, not part of the
     # identity (the data's checksum is in the provenance; a different copy fails its manifest check).
     data_dir: str | None = field(default=None, compare=False)
@@ -96,6 +98,8 @@ class RunSpec:
         transfer.get(self.strategy)
         if self.balance is not None and self.balance not in BALANCE_CHOICES:
             raise ValueError(f"balance={self.balance!r}; expected None or one of {BALANCE_CHOICES}")
+        if self.train_size is not None and (not isinstance(self.train_size, int) or self.train_size < 2):
+            raise ValueError(f"train_size={self.train_size!r}; expected None (all) or a whole number >= 2")
         if self.in_chans not in (1, 3):
             raise ValueError(f"in_chans={self.in_chans}; expected 1 (grey) or 3 (RGB)")
         for name in ("synthetic_dir", "data_dir"):
@@ -144,6 +148,8 @@ class RunSpec:
             values["synthetic"] = Path(self.synthetic_dir).name
         if self.in_chans != 1:
             values["in_chans"] = self.in_chans
+        if self.train_size is not None:
+            values["train_size"] = {"n": self.train_size, "draw": self.train_draw}
         if self.mask is not None:
             values["mask"] = {"sparsity": self.mask.sparsity, "method": self.mask.method, "scope": self.mask.scope,
                               "seed": self.mask.seed,

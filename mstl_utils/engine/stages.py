@@ -43,12 +43,15 @@ def prepare_data(spec: "RunSpec") -> data_mod.StageData:
     """The data of one run: its train, validation and test parts are fixed by its seed and split
     (the hyperparameter search relies on getting exactly the parts the run gets)."""
     cfg, profile = spec.config, spec.profile
-    return data_mod.prepare(
+    stage_data = data_mod.prepare(
         cfg.dataset, data=profile.data, data_dir=spec.data_dir, image_size=profile.image_size,
         test_fraction=profile.head_ct_test_fraction, val_fraction=cfg.val_fraction,
         max_per_class=cfg.max_per_class, seed=spec.seed, test_groups=spec.split.test_ids if spec.split else None,
         in_chans=spec.in_chans,
     )
+    if spec.train_size is not None:  # the target-size curve: fewer training images, the same validation and test
+        stage_data = stage_data.keep_training(spec.train_size, seed=spec.train_draw)
+    return stage_data
 
 
 def _checkpoint_of(upstream: "RunSpec", runs_root: str | Path | None) -> tuple[dict[str, Any], Path]:

@@ -130,6 +130,27 @@ def calibration(oof: pd.DataFrame, arms: list[str], *, bins: int = 10, title: st
     return fig
 
 
+def effect_by_size(effects: pd.DataFrame, *, metric: str = "accuracy", title: str = "") -> plt.Figure:
+    """The bridge's effect (``mean_diff`` with its interval) against the target's training size, log scale;
+    the shaded band is each size's minimum detectable difference around zero (``target_size_effects.csv``)."""
+    rows = effects[effects["metric"] == metric].sort_values("size")
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    ax.fill_between(rows["size"], -100 * rows["mdd"], 100 * rows["mdd"], color="grey", alpha=0.15,
+                    label="not detectable (80 % power)")
+    ax.errorbar(rows["size"], 100 * rows["mean_diff"], yerr=[100 * (rows["mean_diff"] - rows["ci_low"]),
+                                                            100 * (rows["ci_high"] - rows["mean_diff"])],
+                fmt="o-", capsize=4, color="black", label="multistage - imagenet, 95 % CI")
+    ax.axhline(0, ls=":", color="grey")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(rows["size"], [str(n) for n in rows["size"]])
+    ax.set_xlabel("training images per fold run")
+    ax.set_ylabel(f"{metric} difference (points)")
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
 def answer(summary: pd.DataFrame, *, reference: dict[str, float] | None = None, order: list[str] | None = None,
            metric: str = "accuracy") -> plt.Figure:
     """Each arm's mean ``metric`` with its interval (rows of ``analysis.arm_summary``), the paper's values beside."""
