@@ -137,10 +137,10 @@ def test_run_names_keep_the_protocol_runs_for_the_profile_model():
     # A changed model is another folder, whatever its name.
     other = protocol.fold_spec(profile.replace(model="resnet18"), "imagenet", own[0].split)
     assert other.relpath.parent != own[0].spec.relpath.parent
-    # Bridge seeds: repeat r starts from seeds[r % len]; None: the protocol's seed of the repeat.
+    # Bridge seeds: repeat r starts from a bridge of its own (seeds[r], past the last new ones); None: the protocol's.
     two = profile.replace(seeds=(0, 1))
     seeded = architectures.plan(two, "resnet18", _folds(2), arms=("multistage",), seeds=(5,))
-    assert {r.init_seed for r in seeded} == {5}
+    assert {(r.split.repeat, r.init_seed) for r in seeded} == {(0, 5), (1, 6)}
     by_protocol = architectures.plan(two, "resnet18", _folds(2), arms=("multistage",))
     assert {(r.split.repeat, r.init_seed) for r in by_protocol} == {(0, 0), (1, 1)}
 
